@@ -1,0 +1,268 @@
+"""Gateway benchmark: canned nginx upstream vs. the gateway in front of it, measured with wrk.
+
+    .venv/bin/python bench/run.py [--duration 10] [--scenario healthy]
+
+Starts (all on loopback, all stopped at the end): nginx answering a fixed chat completion, a
+private redis-server, the gateway with ONE uvicorn worker pointing at nginx, and wrk. Prints
+requests/s and p50/p99 latency at concurrency 1 and 50, direct to nginx and through the gateway
+with a session pinned in Redis, the p50 added latency, and the worker's RSS. Needs nginx and wrk
+(Debian: nginx-light, wrk); run as root it installs them with apt-get.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from services.redis_connection import free_port, start_redis_server  # noqa: E402
+
+COMPLETION = json.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "bench-upstream",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello from nginx."},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13},
+    }
+)
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = os.getenv("BENCH_BODY")
+done = function(summary, latency, requests)
+  io.write(string.format('BENCH {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, '
+    .. '"errors": %d, "non2xx": %d}\\n', summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99),
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    summary.errors.status))
+end
+"""
+
+
+def ensure_tools() -> None:
+    missing = [
+        t
+        for t in ("nginx", "wrk")
+        if shutil.which(t) is None and not Path("/usr/sbin/nginx").exists()
+    ]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        sys.exit(f"missing {missing}: install nginx-light and wrk (Debian) first")
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light", "wrk"], check=True)
+
+
+def start_nginx(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    conf = workdir / "nginx.conf"
+    body = COMPLETION.replace("'", "\\'")
+    conf.write_text(
+        f"""
+worker_processes 1;
+daemon off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {workdir}/body;
+  proxy_temp_path {workdir}/proxy;
+  fastcgi_temp_path {workdir}/fastcgi;
+  uwsgi_temp_path {workdir}/uwsgi;
+  scgi_temp_path {workdir}/scgi;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ default_type application/json; return 200 '{body}'; }}
+  }}
+}}
+"""
+    )
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    proc = subprocess.Popen([nginx, "-c", str(conf), "-e", str(workdir / "nginx-error.log")])
+    wait_http(f"http://127.0.0.1:{port}/", method="POST")
+    return proc
+
+
+def wait_http(url: str, method: str = "GET", timeout: float = 20) -> None:
+    give_up = time.monotonic() + timeout
+    while time.monotonic() < give_up:
+        try:
+            req = urllib.request.Request(
+                url, method=method, data=b"{}" if method == "POST" else None
+            )
+            with urllib.request.urlopen(req, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"{url} did not come up")
+
+
+def write_config(workdir: Path, upstream_port: int, api_port: int, primary_url: str) -> Path:
+    config = {
+        "api": {"host": "127.0.0.1", "port": api_port, "workers": 1},
+        "log": {"dir": str(workdir / "logs"), "level": "INFO"},
+        "sessions": {"default_selector": "bench-chain", "ttl_seconds": 3600},
+        "models": {
+            "bench-primary": {
+                "deployments": [
+                    {"provider": "openai", "base_url": primary_url, "model": "bench-upstream"}
+                ]
+            },
+            "bench-model": {
+                "deployments": [
+                    {
+                        "provider": "openai",
+                        "base_url": f"http://127.0.0.1:{upstream_port}/v1",
+                        "model": "bench-upstream",
+                    }
+                ]
+            },
+        },
+        "chains": {"bench-chain": ["bench-primary", "bench-model"]},
+    }
+    path = workdir / "bench.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+def wrk(url: str, body: str, connections: int, duration: int, script: Path) -> dict[str, float]:
+    threads = 1 if connections == 1 else 2
+    out = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--timeout",
+            "5s",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BENCH_BODY": body},
+        check=True,
+    ).stdout
+    line = next(row for row in out.splitlines() if row.startswith("BENCH "))
+    data = json.loads(line[6:])
+    data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
+    return data
+
+
+def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Per-metric median over repeated runs (loopback numbers on a shared VM are noisy)."""
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument(
+        "--concurrency", type=int, nargs="+", default=[1, 50], help="connection counts to measure"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs per point; the median is reported"
+    )
+    parser.add_argument(
+        "--scenario",
+        choices=["healthy", "primary-refused"],
+        default="healthy",
+        help="healthy: the session's chain starts at nginx; "
+        "primary-refused: its first model refuses connections",
+    )
+    args = parser.parse_args()
+    ensure_tools()
+    workdir = Path(tempfile.mkdtemp(prefix="fr-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    redis = start_redis_server()
+    try:
+        upstream_port, api_port = free_port(), free_port()
+        procs.append(start_nginx(workdir, upstream_port))
+        direct = f"http://127.0.0.1:{upstream_port}/v1"
+        primary = direct if args.scenario == "healthy" else f"http://127.0.0.1:{free_port()}/v1"
+        config = write_config(workdir, upstream_port, api_port, primary)
+        env = {**os.environ, "FR_REDIS_URL": redis.url, "FR_CONFIG": str(config)}
+        api = subprocess.Popen(
+            [sys.executable, str(ROOT / "main.py"), "api", "--workers", "1"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        procs.append(api)
+        base = f"http://127.0.0.1:{api_port}"
+        wait_http(base + "/livez")
+        req = urllib.request.Request(base + "/initiate_call", data=b"{}", method="POST")
+        with urllib.request.urlopen(req) as resp:
+            session_id = json.load(resp)["session_id"]
+        script = workdir / "post.lua"
+        script.write_text(WRK_SCRIPT)
+        direct_body = json.dumps(
+            {"model": "bench-upstream", "messages": [{"role": "user", "content": "Hello!"}]}
+        )
+        gw_body = json.dumps({"session_id": session_id, "message": "Hello!"})
+        # Warm both paths (connection pools, caches) before measuring.
+        wrk(direct + "/chat/completions", direct_body, 10, 2, script)
+        wrk(base + "/chat_completions", gw_body, 10, 2, script)
+        runs: dict[tuple[str, int], list[dict[str, float]]] = {}
+        for c in args.concurrency:
+            for _ in range(args.repeats):  # interleaved, so drift hits both paths alike
+                runs.setdefault(("direct", c), []).append(
+                    wrk(direct + "/chat/completions", direct_body, c, args.duration, script)
+                )
+                runs.setdefault(("gateway", c), []).append(
+                    wrk(base + "/chat_completions", gw_body, c, args.duration, script)
+                )
+        results = {key: median_run(r) for key, r in runs.items()}
+        rss = rss_mb(api.pid)
+        print(
+            f"scenario: {args.scenario}; median of {args.repeats} runs of {args.duration}s; "
+            f"one gateway worker; {os.cpu_count()} cores"
+        )
+        print("| path | concurrency | requests/s | p50 ms | p99 ms | errors |")
+        print("|---|---|---|---|---|---|")
+        for (path, c), r in results.items():
+            p50, p99, errors = r["p50_us"] / 1000, r["p99_us"] / 1000, r["errors"] + r["non2xx"]
+            print(f"| {path} | {c} | {r['rps']:.0f} | {p50:.3f} | {p99:.3f} | {errors:.0f} |")
+        for c in args.concurrency:
+            added = (results[("gateway", c)]["p50_us"] - results[("direct", c)]["p50_us"]) / 1000
+            print(f"added p50 latency at concurrency {c}: {added:.3f} ms")
+        print(f"gateway worker RSS after the runs: {rss:.1f} MB")
+    finally:
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(10)
+        redis.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

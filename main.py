@@ -1,0 +1,246 @@
+"""Fallback Routing launcher: `python main.py all|api|redis|simulate|check-config`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+
+from services.config import ConfigError, Settings, effective_config, load_settings, redact_url
+
+ROOT = Path(__file__).resolve().parent
+cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", envvar="FR_CONFIG", help="YAML config (default: config/default.yaml)."
+    ),
+]
+
+
+def _load(config: Path | None) -> tuple[Settings, dict[str, str], Path]:
+    environ = dict(os.environ)
+    path = (config or Path(environ.get("FR_CONFIG") or ROOT / "config" / "default.yaml")).resolve()
+    try:
+        return load_settings(path, environ), environ, path
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+@cli.command("all")
+def run_all(config: ConfigOption = None) -> None:
+    """Ensure Redis, then supervise the simulated models, the API and the Redis health checker."""
+    from loguru import logger
+
+    from services.logs import configure_logging
+    from services.redis_connection import (
+        free_port,
+        ping,
+        redis_server_argv,
+        redis_server_available,
+        start_fakeredis_server,
+        wait_until_answers,
+    )
+    from services.supervisor import ChildSpec, Supervisor
+
+    settings, environ, path = _load(config)
+    configure_logging("launcher", settings.log)
+    stop = _stop_on_signals()
+    supervisor = Supervisor([])
+    redis_url = settings.redis.url
+    fake = None
+    if ping(redis_url):
+        logger.info("using Redis at {}", redact_url(redis_url))
+    elif not settings.redis.embedded:
+        logger.error("Redis at {} does not answer and redis.embedded is off", redact_url(redis_url))
+        raise typer.Exit(1)
+    elif redis_server_available():
+        port = free_port()
+        redis_url = f"redis://127.0.0.1:{port}/0"
+        supervisor.add(ChildSpec("redis-server", redis_server_argv(port)))
+        if not wait_until_answers(redis_url, 10):
+            supervisor.stop()
+            raise typer.Exit(1)
+        logger.info("no Redis answered at {}; started a private redis-server at {}",
+                    redact_url(settings.redis.url), redis_url)  # fmt: skip
+    else:
+        fake = start_fakeredis_server()
+        redis_url = fake.url
+        logger.info(fake.describe())
+
+    child_env = {**environ, "FR_CONFIG": str(path), "FR_REDIS_URL": redis_url}
+    me = [sys.executable, str(ROOT / "main.py")]
+    for model, model_settings in settings.models.items():
+        for index, deployment in enumerate(model_settings.deployments):
+            if deployment.provider == "simulated":
+                name = deployment.name or f"{model}:{index}"
+                supervisor.add(
+                    ChildSpec(
+                        f"simulated {name}", [*me, "simulate", "--deployment", name], child_env
+                    )
+                )
+    supervisor.add(ChildSpec("api", [*me, "api"], child_env))
+    supervisor.add(ChildSpec("redis-health", [*me, "redis", "--watch"], child_env))
+    logger.info(
+        "serving on http://{}:{} — Ctrl-C stops everything", settings.api.host, settings.api.port
+    )
+    try:
+        supervisor.run(stop)
+    finally:
+        if fake is not None:
+            fake.stop()
+        logger.info("all stopped")
+
+
+@cli.command()
+def api(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default: api.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: api.port).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes (default: api.workers).")
+    ] = None,
+) -> None:
+    """Run the FastAPI server (uvicorn, uvloop, httptools)."""
+    import uvicorn
+
+    from services.logs import configure_logging, intercept_stdlib_logging
+
+    settings, _, path = _load(config)
+    os.environ["FR_CONFIG"] = str(path)  # the workers' app factory reads it
+    configure_logging("api_server", settings.log)
+    intercept_stdlib_logging(settings.log.level)
+    uvicorn.run(
+        "services.app:app_from_env",
+        factory=True,
+        host=host or settings.api.host,
+        port=port or settings.api.port,
+        workers=workers or settings.api.workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,  # the gateway logs one line per request itself, with its id
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=30,
+    )
+
+
+@cli.command()
+def redis(
+    config: ConfigOption = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Keep checking; log to .logs/redis_health.log.")
+    ] = False,
+    interval: Annotated[
+        float | None, typer.Option(help="Seconds between checks with --watch.")
+    ] = None,
+) -> None:
+    """Check the Redis connection once (exit 0/1), or keep checking with --watch."""
+    from loguru import logger
+
+    from services.logs import configure_logging
+    from services.redis_health import check_redis
+    from services.redis_health import watch as watch_redis
+
+    settings, _, _ = _load(config)
+    if not watch:
+        result = check_redis(settings.redis.url)
+        typer.echo(result.describe())
+        raise typer.Exit(0 if result.ok else 1)
+    configure_logging("redis_health", settings.log, console=False)
+    stop = _stop_on_signals()
+
+    def report(result: object) -> None:
+        ok = getattr(result, "ok", False)
+        logger.log("INFO" if ok else "WARNING", result.describe())  # type: ignore[attr-defined]
+
+    watch_redis(
+        settings.redis.url,
+        interval=interval or settings.redis.health_interval_seconds,
+        prefix=settings.redis.key_prefix,
+        stop=stop,
+        report=report,
+    )
+
+
+@cli.command()
+def simulate(
+    config: ConfigOption = None,
+    deployment: Annotated[
+        str | None, typer.Option(help="A simulated deployment of the config, e.g. large-model:0.")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (standalone use, without --deployment).")
+    ] = None,
+    model_name: Annotated[
+        str, typer.Option(help="Model name it answers as (standalone).")
+    ] = "simulated-model",
+    cold_start_seconds: Annotated[
+        float, typer.Option(help="Seconds before /health says ok (standalone).")
+    ] = 0.0,
+    latency_ms: Annotated[
+        float, typer.Option(help="Delay before the first token (standalone).")
+    ] = 50.0,
+    tokens_per_second: Annotated[
+        float, typer.Option(help="Generation speed (standalone).")
+    ] = 200.0,
+    failure_rate: Annotated[
+        float, typer.Option(help="Share of requests that fail (standalone).")
+    ] = 0.0,
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+) -> None:
+    """Run a simulated model server (OpenAI and Anthropic protocols) in the foreground."""
+    from services.config import Simulation
+    from services.logs import configure_logging
+    from services.simulator import run_simulator
+
+    if deployment is not None:
+        settings, _, _ = _load(config)
+        found = {name: d for _, name, d in settings.deployments() if d.provider == "simulated"}
+        if deployment not in found:
+            typer.echo(
+                f"no simulated deployment named {deployment!r}; have {sorted(found)}", err=True
+            )
+            raise typer.Exit(2)
+        dep = found[deployment]
+        configure_logging("simulator", settings.log)
+        run_simulator(dep.model, dep.simulation, host=host, port=dep.port)
+        return
+    if port is None:
+        typer.echo("give --deployment NAME, or --port for a standalone server", err=True)
+        raise typer.Exit(2)
+    sim = Simulation(
+        latency_ms=latency_ms, tokens_per_second=tokens_per_second,
+        cold_start_seconds=cold_start_seconds, failure_rate=failure_rate,
+    )  # fmt: skip
+    run_simulator(model_name, sim, host=host, port=port)
+
+
+@cli.command("check-config")
+def check_config(config: ConfigOption = None) -> None:
+    """Validate the config; print the effective settings (env applied, secrets redacted)."""
+    settings, environ, path = _load(config)
+    typer.echo(f"# {path}: valid")
+    typer.echo(yaml.safe_dump(effective_config(settings, environ), sort_keys=False), nl=False)
+
+
+if __name__ == "__main__":
+    cli()

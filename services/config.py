@@ -1,0 +1,273 @@
+"""Settings: one YAML file validated by pydantic, scalars overridable by ``FR_*`` env vars.
+
+The environment is a parameter (``load_settings(path, environ)``), never read at import time, so
+tests and the launcher inject it. pydantic-settings was considered; it reads ``os.environ`` itself
+and its nested-delimiter rules cannot express the SPEC's ``FR_API_PORT`` (section + field joined by
+one underscore while fields contain underscores), so the overlay below derives the exact env names
+from the schema instead: ``FR_<SECTION>_<FIELD>`` for every scalar of a top-level section.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = ROOT / "config" / "default.yaml"
+ENV_PREFIX = "FR_"
+
+# Names that become part of Redis keys or URLs are checked against these before any I/O.
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
+SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+TIERS = frozenset({"cache", "degraded"})
+
+ModelName = Annotated[str, Field(pattern=MODEL_NAME_RE.pattern)]
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names every bad key and value."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ApiSettings(_Section):
+    """The HTTP server."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_messages: int = Field(1000, ge=1)
+
+
+class RedisSettings(_Section):
+    """Where sessions, breakers and planner state live."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    # `main.py all` starts a private server when nothing answers at `url`.
+    embedded: bool = True
+    socket_timeout_seconds: float = Field(1.0, gt=0)
+    health_interval_seconds: float = Field(5.0, gt=0)
+    key_prefix: str = Field("fr:", pattern=r"^[A-Za-z0-9:_.-]{0,32}$")
+
+
+class LogSettings(_Section):
+    """Loguru sinks: console plus one rotating file per process kind."""
+
+    dir: str = ".logs"
+    level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # YAML key and env var say `json` (FR_LOG_JSON=1); the attribute cannot, pydantic owns `.json`.
+    json_lines: bool = Field(False, alias="json")
+    rotation_bytes: int = Field(10_000_000, ge=10_000)
+    retention_days: int = Field(7, ge=1)
+    # One INFO line per routed request: the capacity planner's log-growth signal depends on it.
+    requests: bool = True
+
+
+class UpstreamSettings(_Section):
+    """The shared HTTP client pool used for every provider."""
+
+    connect_timeout_seconds: float = Field(2.0, gt=0)
+    request_timeout_seconds: float = Field(60.0, gt=0)
+    max_connections: int = Field(1000, ge=1)
+
+
+class SessionSettings(_Section):
+    """Session pinning."""
+
+    default_selector: str = "large-model"
+    ttl_seconds: int = Field(3600, ge=1, le=30 * 86400)
+
+
+class Simulation(_Section):
+    """How a built-in simulated model server behaves (provider `simulated` only)."""
+
+    latency_ms: float = Field(50.0, ge=0)
+    tokens_per_second: float = Field(200.0, gt=0)
+    cold_start_seconds: float = Field(0.0, ge=0)
+    failure_rate: float = Field(0.0, ge=0, le=1)
+    failure_status: int = Field(500, ge=400, le=599)
+    response_tokens: int = Field(24, ge=1, le=4096)
+
+
+class Deployment(_Section):
+    """One concrete upstream of a model."""
+
+    provider: Literal["openai", "anthropic", "simulated"]
+    base_url: str = Field(pattern=r"^https?://[^\s]+$")
+    model: str = Field(min_length=1, max_length=256)
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    name: str | None = Field(None, pattern=MODEL_NAME_RE.pattern)
+    timeout_seconds: float | None = Field(None, gt=0)
+    simulation: Simulation = Simulation()
+
+    @model_validator(mode="after")
+    def _simulated_is_local(self) -> Deployment:
+        if self.provider == "simulated":
+            parts = urlsplit(self.base_url)
+            if parts.hostname not in {"127.0.0.1", "localhost", "::1"} or parts.port is None:
+                raise ValueError(
+                    f"a simulated deployment runs on this machine: base_url {self.base_url!r} "
+                    "needs a loopback host and an explicit port"
+                )
+        return self
+
+    @property
+    def port(self) -> int:
+        """The TCP port of base_url (explicit or the scheme's default)."""
+        parts = urlsplit(self.base_url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+class Pricing(_Section):
+    """USD per million tokens."""
+
+    input_per_mtok: float = Field(0.0, ge=0)
+    output_per_mtok: float = Field(0.0, ge=0)
+
+
+class ModelSettings(_Section):
+    """A client-facing model and its deployments."""
+
+    deployments: list[Deployment] = Field(min_length=1)
+    pricing: Pricing = Pricing()
+    local: bool = False
+
+
+class Settings(_Section):
+    """The whole configuration."""
+
+    api: ApiSettings = ApiSettings()
+    redis: RedisSettings = RedisSettings()
+    log: LogSettings = LogSettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    sessions: SessionSettings = SessionSettings()
+    models: dict[ModelName, ModelSettings] = Field(min_length=1)
+    chains: dict[ModelName, list[str]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Settings:
+        for chain, steps in self.chains.items():
+            if not steps:
+                raise ValueError(f"chains.{chain}: a chain needs at least one step")
+            if chain in self.models:
+                raise ValueError(f"chains.{chain}: the name is already a model")
+            for step in steps:
+                if step not in self.models and step not in TIERS:
+                    raise ValueError(
+                        f"chains.{chain}: {step!r} is neither a model nor a tier "
+                        f"(models: {sorted(self.models)}; tiers: {sorted(TIERS)})"
+                    )
+        selector = self.sessions.default_selector
+        if selector not in self.models and selector not in self.chains:
+            raise ValueError(
+                f"sessions.default_selector: {selector!r} is neither a model nor a chain"
+            )
+        return self
+
+    def deployments(self) -> list[tuple[str, str, Deployment]]:
+        """Every (model, deployment name, deployment), names being `<model>:<index>` unless set."""
+        return [
+            (model, deployment.name or f"{model}:{index}", deployment)
+            for model, model_settings in self.models.items()
+            for index, deployment in enumerate(model_settings.deployments)
+        ]
+
+    def selectors(self) -> list[str]:
+        """Every name a session may be pinned to: models first, then chains."""
+        return [*self.models, *self.chains]
+
+
+def _scalar_env_names() -> dict[str, tuple[str, str]]:
+    """Map FR_SECTION_FIELD to (section, field) for every scalar of every top-level section."""
+    names: dict[str, tuple[str, str]] = {}
+    for section, field in Settings.model_fields.items():
+        section_type = field.annotation
+        if isinstance(section_type, type) and issubclass(section_type, _Section):
+            for name, info in section_type.model_fields.items():
+                key = info.alias or name
+                names[f"{ENV_PREFIX}{section.upper()}_{key.upper()}"] = (section, key)
+    return names
+
+
+ENV_OVERRIDES = _scalar_env_names()
+
+
+def _format_errors(exc: ValidationError, origins: Mapping[tuple[str, ...], str]) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(str(p) for p in err["loc"])
+        where = ".".join(loc) or "(top level)"
+        origin = origins.get(loc[:2])
+        source = f" (from {origin})" if origin else ""
+        value = err.get("input")
+        shown = "" if isinstance(value, dict | list) else f" = {_short(value)}"
+        lines.append(f"  {where}{shown}{source}: {err['msg']}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def load_settings(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Load, overlay ``FR_*`` env vars on, and validate the configuration; raise ConfigError."""
+    env = os.environ if environ is None else environ
+    config_path = Path(path or env.get("FR_CONFIG") or DEFAULT_CONFIG_PATH)
+    try:
+        raw = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {config_path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {config_path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {config_path}: the top level must be a mapping")
+
+    origins: dict[tuple[str, ...], str] = {}
+    for env_name, (section, field) in ENV_OVERRIDES.items():
+        if env_name in env:
+            block = raw.setdefault(section, {})
+            if not isinstance(block, dict):
+                raise ConfigError(f"{section}: must be a mapping, got {_short(block)}")
+            block[field] = env[env_name]
+            origins[(section, field)] = env_name
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, origins)) from exc
+
+
+def redact_url(url: str) -> str:
+    """Hide the password of a URL (redis://user:secret@host → redis://user:***@host)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def effective_config(settings: Settings, environ: Mapping[str, str]) -> dict[str, Any]:
+    """The settings as plain data with secrets redacted, for `check-config` and logs."""
+    data = settings.model_dump(mode="json", by_alias=True)
+    data["redis"]["url"] = redact_url(settings.redis.url)
+    for model in data["models"].values():
+        for deployment in model["deployments"]:
+            key_env = deployment.get("api_key_env")
+            if key_env:
+                state = "set" if environ.get(key_env) else "NOT SET"
+                deployment["api_key_env"] = f"{key_env} ({state})"
+    return data

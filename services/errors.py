@@ -1,0 +1,125 @@
+"""The gateway's one error hierarchy, and the only place errors become OpenAI envelopes.
+
+    GatewayError                      -> rendered as {"error": {"message", "type", "code"}}
+    ├── InvalidRequest        400     malformed JSON, bad identifiers, unsupported fields
+    ├── SchemaError           422     well-formed JSON of the wrong shape
+    ├── NotFound              404     unknown session, model or route
+    ├── PayloadTooLarge       413     body over the configured limit
+    └── UpstreamExhausted     502/503/504  every deployment of the chain failed
+    UpstreamError                     raised by provider adapters, never shown raw to a client
+    ├── UpstreamConnectError          connection refused/reset before a response (retryable)
+    ├── UpstreamTimeout               no answer within the per-attempt timeout (retryable)
+    ├── UpstreamHTTPError             non-2xx answer; retryable for 408, 429 and 5xx
+    └── UpstreamProtocolError         an answer we cannot parse (not retryable)
+
+Adapters translate aiohttp errors into UpstreamError with ``raise ... from exc``; the router turns
+an exhausted chain into UpstreamExhausted; `envelope` is the single renderer used by the app.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class GatewayError(Exception):
+    """An error with a client-facing status and OpenAI error type."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.headers: dict[str, str] = {}
+
+
+class InvalidRequest(GatewayError):
+    """The request cannot be understood (400)."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class SchemaError(InvalidRequest):
+    """The JSON is well formed but does not match the schema (422)."""
+
+    status = 422
+    code = "invalid_schema"
+
+
+class NotFound(InvalidRequest):
+    """An unknown session, model or route (404)."""
+
+    status = 404
+    code = "not_found"
+
+
+class PayloadTooLarge(InvalidRequest):
+    """The body is over the configured limit (413)."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class UpstreamExhausted(GatewayError):
+    """Every deployment the chain allowed has failed; nothing could answer."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_exhausted"
+
+
+class UpstreamError(Exception):
+    """A failed upstream attempt, classified so the router can decide to retry or move on."""
+
+    retryable = True
+
+    def __init__(self, deployment: str, detail: str):
+        super().__init__(f"{deployment}: {detail}")
+        self.deployment = deployment
+        self.detail = detail
+
+
+class UpstreamConnectError(UpstreamError):
+    """The upstream could not be reached or dropped the connection."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer in time."""
+
+
+class UpstreamHTTPError(UpstreamError):
+    """The upstream answered with a non-2xx status."""
+
+    def __init__(self, deployment: str, status: int, detail: str, retry_after: float | None = None):
+        super().__init__(deployment, f"HTTP {status}: {detail}")
+        self.status = status
+        self.retry_after = retry_after
+        self.retryable = status in RETRYABLE_STATUSES
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream answered something that is not the protocol we speak."""
+
+    retryable = False
+
+
+def envelope(message: str, type_: str, code: str | None) -> bytes:
+    """Render the OpenAI error envelope as JSON bytes."""
+    body: dict[str, Any] = {"error": {"message": message, "type": type_, "code": code}}
+    return orjson.dumps(body)
+
+
+def render(error: GatewayError) -> bytes:
+    """Render a GatewayError as the OpenAI error envelope."""
+    return envelope(error.message, error.type, error.code)

@@ -1,0 +1,306 @@
+"""Adapter for Anthropic's Messages API, translated to and from OpenAI chat shapes.
+
+Request: system/developer messages become ``system``; ``content`` parts (text, image_url) become
+content blocks; ``tools``/``tool_calls``/``tool`` messages become tool_use/tool_result blocks.
+Response and SSE events (message_start, content_block_*, message_delta, message_stop, error) become
+``chat.completion`` and ``chat.completion.chunk`` objects with OpenAI finish reasons and usage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from services.errors import UpstreamHTTPError, UpstreamProtocolError
+from services.providers.base import (
+    ChunkStream,
+    Json,
+    ResponseChunkStream,
+    post,
+    read_json,
+    sse_events,
+)
+
+ANTHROPIC_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "pause_turn": "stop",
+    "refusal": "content_filter",
+}
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(p.get("text", ""))
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return ""
+
+
+def _blocks(content: Any) -> list[Json]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks: list[Json] = []
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        if part.get("type") == "text":
+            blocks.append({"type": "text", "text": str(part.get("text", ""))})
+        elif part.get("type") == "image_url":
+            url = str((part.get("image_url") or {}).get("url", ""))
+            if url.startswith("data:") and ";base64," in url:
+                media_type, data = url[5:].split(";base64,", 1)
+                source: Json = {"type": "base64", "media_type": media_type, "data": data}
+            else:
+                source = {"type": "url", "url": url}
+            blocks.append({"type": "image", "source": source})
+    return blocks
+
+
+def _tool_use_blocks(tool_calls: Any) -> list[Json]:
+    blocks = []
+    for call in tool_calls or []:
+        function = call.get("function") or {}
+        try:
+            arguments = orjson.loads(function.get("arguments") or "{}")
+        except orjson.JSONDecodeError:
+            arguments = {}
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": call.get("id"),
+                "name": function.get("name"),
+                "input": arguments,
+            }
+        )
+    return blocks
+
+
+def to_messages_request(request: Json, upstream_model: str) -> Json:
+    """Translate an OpenAI chat request into an Anthropic Messages request."""
+    system: list[str] = []
+    messages: list[Json] = []
+    for message in request.get("messages", []):
+        role = message.get("role")
+        if role in {"system", "developer"}:
+            system.append(_text_of(message.get("content")))
+        elif role == "tool":
+            block = {
+                "type": "tool_result",
+                "tool_use_id": message.get("tool_call_id"),
+                "content": _text_of(message.get("content")),
+            }
+            messages.append({"role": "user", "content": [block]})
+        elif role in {"user", "assistant"}:
+            blocks = _blocks(message.get("content"))
+            if role == "assistant":
+                blocks += _tool_use_blocks(message.get("tool_calls"))
+            messages.append({"role": role, "content": blocks})
+    out: Json = {
+        "model": upstream_model,
+        "messages": messages,
+        "max_tokens": request.get("max_completion_tokens")
+        or request.get("max_tokens")
+        or DEFAULT_MAX_TOKENS,
+    }
+    if system:
+        out["system"] = "\n\n".join(s for s in system if s)
+    for key in ("temperature", "top_p"):
+        if request.get(key) is not None:
+            out[key] = request[key]
+    stop = request.get("stop")
+    if stop:
+        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if request.get("user"):
+        out["metadata"] = {"user_id": str(request["user"])}
+    if request.get("tools"):
+        out["tools"] = [
+            {
+                "name": t["function"]["name"],
+                "description": t["function"].get("description", ""),
+                "input_schema": t["function"].get("parameters") or {"type": "object"},
+            }
+            for t in request["tools"]
+            if isinstance(t, dict) and t.get("type") == "function"
+        ]
+        choice = request.get("tool_choice")
+        if choice == "required":
+            out["tool_choice"] = {"type": "any"}
+        elif isinstance(choice, dict) and "function" in choice:
+            out["tool_choice"] = {"type": "tool", "name": choice["function"]["name"]}
+        elif choice in {"auto", "none"}:
+            out["tool_choice"] = {"type": choice}
+    return out
+
+
+def _usage(usage: Json) -> Json:
+    prompt = (
+        int(usage.get("input_tokens") or 0)
+        + int(usage.get("cache_read_input_tokens") or 0)
+        + int(usage.get("cache_creation_input_tokens") or 0)
+    )
+    completion = int(usage.get("output_tokens") or 0)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def to_chat_completion(message: Json, deployment: str) -> Json:
+    """Translate an Anthropic Messages response into an OpenAI chat.completion."""
+    content = message.get("content")
+    if message.get("type") != "message" or not isinstance(content, list):
+        raise UpstreamProtocolError(deployment, "response is not a Messages API message")
+    text = "".join(b.get("text", "") for b in content if b.get("type") == "text")
+    tool_calls = [
+        {
+            "id": b.get("id"),
+            "type": "function",
+            "function": {
+                "name": b.get("name"),
+                "arguments": orjson.dumps(b.get("input", {})).decode(),
+            },
+        }
+        for b in content
+        if b.get("type") == "tool_use"
+    ]
+    reply: Json = {"role": "assistant", "content": text or (None if tool_calls else "")}
+    if tool_calls:
+        reply["tool_calls"] = tool_calls
+    return {
+        "id": message.get("id", ""),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": message.get("model", ""),
+        "choices": [
+            {
+                "index": 0,
+                "message": reply,
+                "finish_reason": FINISH_REASONS.get(str(message.get("stop_reason")), "stop"),
+            }
+        ],
+        "usage": _usage(message.get("usage") or {}),
+    }
+
+
+class AnthropicProvider:
+    """Speaks ``POST {base_url}/v1/messages`` with ``x-api-key`` and ``anthropic-version``."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        base_url: str,
+        upstream_model: str,
+        api_key: str | None,
+        session: aiohttp.ClientSession,
+        timeout: aiohttp.ClientTimeout,
+        stream_timeout: aiohttp.ClientTimeout,
+    ) -> None:
+        self.name = name
+        self.upstream_model = upstream_model
+        base = base_url.rstrip("/")
+        self._url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+        self._headers = {"Content-Type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
+        if api_key:
+            self._headers["x-api-key"] = api_key
+        self._session = session
+        self._timeout = timeout
+        self._stream_timeout = stream_timeout
+
+    async def complete(self, request: Json) -> Json:
+        """Translate, send, and translate the answer back."""
+        body = orjson.dumps(to_messages_request(request, self.upstream_model))
+        resp = await post(self._session, self.name, self._url, body, self._headers, self._timeout)
+        return to_chat_completion(await read_json(resp, self.name), self.name)
+
+    async def open_stream(self, request: Json) -> ChunkStream:
+        """Translate and send a streaming request; chunks come back in OpenAI shape."""
+        payload = to_messages_request(request, self.upstream_model)
+        payload["stream"] = True
+        resp = await post(
+            self._session, self.name, self._url, orjson.dumps(payload), self._headers,
+            self._stream_timeout,
+        )  # fmt: skip
+        return ResponseChunkStream(resp, self._chunks(resp))
+
+    async def _chunks(self, resp: aiohttp.ClientResponse) -> AsyncIterator[Json]:
+        message_id, model, created = "", self.upstream_model, int(time.time())
+        usage: Json = {}
+        tool_index: dict[int, int] = {}  # content block index -> OpenAI tool_calls index
+
+        def chunk(delta: Json, finish: str | None = None) -> Json:
+            return {
+                "id": message_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+
+        async for event, data in sse_events(resp, self.name):
+            try:
+                payload = orjson.loads(data)
+            except orjson.JSONDecodeError as exc:
+                raise UpstreamProtocolError(self.name, "stream event is not JSON") from exc
+            kind = payload.get("type", event)
+            if kind == "message_start":
+                message = payload.get("message") or {}
+                message_id = message.get("id", "")
+                model = message.get("model", model)
+                usage.update(message.get("usage") or {})
+                yield chunk({"role": "assistant", "content": ""})
+            elif kind == "content_block_start":
+                block = payload.get("content_block") or {}
+                if block.get("type") == "tool_use":
+                    position = tool_index.setdefault(payload.get("index", 0), len(tool_index))
+                    call = {
+                        "index": position,
+                        "id": block.get("id"),
+                        "type": "function",
+                        "function": {"name": block.get("name"), "arguments": ""},
+                    }
+                    yield chunk({"tool_calls": [call]})
+            elif kind == "content_block_delta":
+                delta = payload.get("delta") or {}
+                if delta.get("type") == "text_delta":
+                    yield chunk({"content": delta.get("text", "")})
+                elif delta.get("type") == "input_json_delta":
+                    position = tool_index.get(payload.get("index", 0), 0)
+                    partial = {
+                        "index": position,
+                        "function": {"arguments": delta.get("partial_json", "")},
+                    }
+                    yield chunk({"tool_calls": [partial]})
+            elif kind == "message_delta":
+                usage.update(payload.get("usage") or {})
+                reason = (payload.get("delta") or {}).get("stop_reason")
+                if reason:
+                    yield chunk({}, FINISH_REASONS.get(reason, "stop"))
+            elif kind == "message_stop":
+                final = chunk({})
+                final["choices"] = []
+                final["usage"] = _usage(usage)
+                yield final
+                return
+            elif kind == "error":
+                error = payload.get("error") or {}
+                status = 529 if error.get("type") == "overloaded_error" else 500
+                raise UpstreamHTTPError(
+                    self.name, status, str(error.get("message", "stream error"))
+                )

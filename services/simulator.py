@@ -1,0 +1,390 @@
+"""The simulated model server: a real HTTP process that stands in for an LLM provider.
+
+Speaks the OpenAI chat-completions protocol (``POST /v1/chat/completions``, JSON and SSE with a
+``usage`` chunk) and Anthropic's Messages protocol (``POST /v1/messages``, JSON and SSE events),
+so both provider adapters can be exercised for real. Behaviour is set at start (the deployment's
+``simulation:`` block) and can be changed while it runs, which is how tests and the demo inject
+faults::
+
+    POST /_sim/behaviour {"failure_rate": 1.0, "failure_mode": "status", "failure_status": 500}
+    GET  /_sim/stats      -> {"requests": 12, "failures": 3, "ready": true}
+    POST /_sim/reset      -> counters to zero, behaviour back to the start-up settings
+
+Failure modes: ``status`` (an error answer), ``hang`` (no answer for ``hang_seconds``), ``drop``
+(close the connection before answering) and ``drop_mid_stream`` (close it after two chunks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+
+from services.config import Simulation
+
+FailureMode = Literal["status", "hang", "drop", "drop_mid_stream"]
+WORDS = (
+    "the", "gateway", "routed", "this", "reply", "through", "a", "simulated", "model", "so",
+    "that", "every", "failure", "path", "can", "be", "tested", "without", "a", "real", "provider",
+)  # fmt: skip
+
+
+@dataclass
+class Behaviour:
+    """What the server does now; every field can be changed at run time."""
+
+    latency_ms: float = 0.0
+    tokens_per_second: float = 1_000_000.0
+    response_tokens: int = 24
+    failure_rate: float = 0.0
+    failure_mode: FailureMode = "status"
+    failure_status: int = 500
+    retry_after: float | None = None
+    hang_seconds: float = 300.0
+
+    @classmethod
+    def from_simulation(cls, sim: Simulation) -> Behaviour:
+        """Start-up behaviour from a deployment's ``simulation:`` block."""
+        return cls(
+            latency_ms=sim.latency_ms,
+            tokens_per_second=sim.tokens_per_second,
+            response_tokens=sim.response_tokens,
+            failure_rate=sim.failure_rate,
+            failure_status=sim.failure_status,
+        )
+
+    def updated(self, changes: Any) -> Behaviour:
+        """A copy with `changes` applied; unknown keys or bad values raise ValueError."""
+        if not isinstance(changes, dict):
+            raise TypeError("behaviour changes must be a JSON object")
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise ValueError(f"unknown behaviour keys: {sorted(unknown)}")
+        new = replace(self, **changes)
+        if not 0 <= new.failure_rate <= 1:
+            raise ValueError("failure_rate must be within [0, 1]")
+        if new.failure_mode not in {"status", "hang", "drop", "drop_mid_stream"}:
+            raise ValueError(f"unknown failure_mode {new.failure_mode!r}")
+        if new.tokens_per_second <= 0 or new.response_tokens < 1:
+            raise ValueError("tokens_per_second must be > 0 and response_tokens >= 1")
+        return new
+
+
+def _count_tokens(messages: Any) -> int:
+    """A rough, deterministic token count (words), good enough for usage accounting tests."""
+    total = 0
+    for message in messages if isinstance(messages, list) else []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        total += len(str(content or "").split()) + 3
+    return max(total, 1)
+
+
+class SimulatedModelServer:
+    """The aiohttp application and its mutable state."""
+
+    def __init__(
+        self,
+        name: str,
+        simulation: Simulation,
+        *,
+        rng: random.Random | None = None,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.name = name
+        self._initial = Behaviour.from_simulation(simulation)
+        self.behaviour = self._initial
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._ready_at = clock() + simulation.cold_start_seconds
+        self.requests = 0
+        self.failures = 0
+        self._ids = 0
+
+    def app(self) -> web.Application:
+        """The routes, ready for ``web.run_app``."""
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app.add_routes(
+            [
+                web.get("/health", self.health),
+                web.get("/v1/models", self.models),
+                web.post("/v1/chat/completions", self.chat_completions),
+                web.post("/v1/messages", self.messages),
+                web.get("/_sim/stats", self.stats),
+                web.post("/_sim/behaviour", self.set_behaviour),
+                web.get("/_sim/behaviour", self.get_behaviour),
+                web.post("/_sim/reset", self.reset),
+            ]
+        )
+        return app
+
+    # -- control -------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Whether the cold start has elapsed."""
+        return bool(self._clock() >= self._ready_at)
+
+    async def health(self, _: web.Request) -> web.Response:
+        """200 once warm, 503 while the cold start lasts (what a planner waits for)."""
+        if self.ready:
+            return web.json_response({"status": "ok", "model": self.name})
+        remaining = round(self._ready_at - self._clock(), 3)
+        return web.json_response({"status": "starting", "ready_in": remaining}, status=503)
+
+    async def models(self, _: web.Request) -> web.Response:
+        """An OpenAI model list with the one model served."""
+        item = {"id": self.name, "object": "model", "created": 0, "owned_by": "simulated"}
+        return web.json_response({"object": "list", "data": [item]})
+
+    async def stats(self, _: web.Request) -> web.Response:
+        """Counters tests use to see how many attempts reached this upstream."""
+        body = {"requests": self.requests, "failures": self.failures, "ready": self.ready}
+        return web.json_response(body)
+
+    async def get_behaviour(self, _: web.Request) -> web.Response:
+        """The current behaviour."""
+        return web.json_response(asdict(self.behaviour))
+
+    async def set_behaviour(self, request: web.Request) -> web.Response:
+        """Change behaviour at run time (fault injection)."""
+        try:
+            self.behaviour = self.behaviour.updated(orjson.loads(await request.read()))
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": {"message": str(exc)}}, status=400)
+        return web.json_response(asdict(self.behaviour))
+
+    async def reset(self, _: web.Request) -> web.Response:
+        """Counters to zero and behaviour back to the start-up settings."""
+        self.behaviour = self._initial
+        self.requests = self.failures = 0
+        return web.json_response(asdict(self.behaviour))
+
+    # -- protocol ------------------------------------------------------------------------------
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI chat completions, JSON or SSE."""
+        return await self._serve(request, openai_format=True)
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        """Anthropic Messages, JSON or SSE."""
+        return await self._serve(request, openai_format=False)
+
+    async def _serve(self, request: web.Request, *, openai_format: bool) -> web.StreamResponse:
+        self.requests += 1
+        try:
+            body = orjson.loads(await request.read())
+            messages = body["messages"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return self._error(
+                400, "invalid_request_error", "body must be JSON with messages", openai_format
+            )
+        if not self.ready:
+            self.failures += 1
+            return self._error(
+                503, "overloaded_error", "model is still loading", openai_format, 1.0
+            )
+        behaviour = self.behaviour
+        failing = behaviour.failure_rate > 0 and self._rng.random() < behaviour.failure_rate
+        if failing and behaviour.failure_mode != "drop_mid_stream":
+            self.failures += 1
+            return await self._fail(request, behaviour, openai_format)
+
+        limit = (
+            body.get("max_completion_tokens") or body.get("max_tokens") or behaviour.response_tokens
+        )
+        n_tokens = max(1, min(behaviour.response_tokens, int(limit)))
+        words = [f"[{self.name}]"] + [WORDS[i % len(WORDS)] for i in range(n_tokens - 1)]
+        pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
+        prompt_tokens = _count_tokens(messages)
+        await asyncio.sleep(behaviour.latency_ms / 1000)
+        self._ids += 1
+        ident = f"sim-{self._ids}"
+        if not body.get("stream"):
+            await asyncio.sleep(n_tokens / behaviour.tokens_per_second)
+            text = "".join(pieces)
+            payload = (
+                _openai_completion(ident, self.name, text, prompt_tokens, n_tokens)
+                if openai_format
+                else _anthropic_message(ident, self.name, text, prompt_tokens, n_tokens)
+            )
+            return web.Response(body=orjson.dumps(payload), content_type="application/json")
+        drop_after = 2 if failing else None
+        if failing:
+            self.failures += 1
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        events = (
+            _openai_events(ident, self.name, pieces, prompt_tokens, include_usage)
+            if openai_format
+            else _anthropic_events(ident, self.name, pieces, prompt_tokens)
+        )
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
+        delay = 1 / behaviour.tokens_per_second
+        try:
+            for sent, event in enumerate(events):
+                if drop_after is not None and sent >= drop_after:
+                    if request.transport is not None:
+                        request.transport.abort()
+                    return resp
+                await resp.write(event)
+                await asyncio.sleep(delay)
+            await resp.write_eof()
+        except ConnectionResetError:
+            pass  # the client went away mid-stream: normal for a streaming server
+        return resp
+
+    def _error(
+        self,
+        status: int,
+        kind: str,
+        message: str,
+        openai_format: bool,
+        retry_after: float | None = None,
+    ) -> web.Response:
+        body = (
+            {"error": {"message": message, "type": kind, "code": None}}
+            if openai_format
+            else {"type": "error", "error": {"type": kind, "message": message}}
+        )
+        headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else None
+        return web.Response(
+            body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+        )
+
+    async def _fail(
+        self, request: web.Request, behaviour: Behaviour, openai_format: bool
+    ) -> web.Response:
+        if behaviour.failure_mode == "hang":
+            await asyncio.sleep(behaviour.hang_seconds)
+        elif behaviour.failure_mode == "drop" and request.transport is not None:
+            request.transport.abort()
+        kind = "rate_limit_error" if behaviour.failure_status == 429 else "api_error"
+        return self._error(
+            behaviour.failure_status,
+            kind,
+            "simulated failure",
+            openai_format,
+            behaviour.retry_after,
+        )
+
+
+def _sse(data: Any, event: str | None = None) -> bytes:
+    head = f"event: {event}\n".encode() if event else b""
+    return head + b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+def _openai_completion(
+    ident: str, model: str, text: str, prompt: int, completion: int
+) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{ident}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        ],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+    }
+
+
+def _openai_events(
+    ident: str, model: str, pieces: list[str], prompt: int, include_usage: bool
+) -> list[bytes]:
+    created = int(time.time())
+    base = {
+        "id": f"chatcmpl-{ident}",
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+    }
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+    events = [chunk({"role": "assistant", "content": ""})]
+    events += [chunk({"content": piece}) for piece in pieces]
+    events.append(chunk({}, "stop"))
+    if include_usage:
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": len(pieces),
+            "total_tokens": prompt + len(pieces),
+        }
+        events.append(_sse({**base, "choices": [], "usage": usage}))
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
+def _anthropic_message(
+    ident: str, model: str, text: str, prompt: int, completion: int
+) -> dict[str, Any]:
+    return {
+        "id": f"msg_{ident}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": prompt, "output_tokens": completion},
+    }
+
+
+def _anthropic_events(ident: str, model: str, pieces: list[str], prompt: int) -> list[bytes]:
+    start = _anthropic_message(ident, model, "", prompt, 1)
+    start["content"], start["stop_reason"] = [], None
+    events = [
+        _sse({"type": "message_start", "message": start}, "message_start"),
+        _sse(
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+            "content_block_start",
+        ),
+        _sse({"type": "ping"}, "ping"),
+    ]
+    events += [
+        _sse(
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}},
+            "content_block_delta",
+        )
+        for p in pieces
+    ]
+    events += [
+        _sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+        _sse(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": len(pieces)},
+            },
+            "message_delta",
+        ),
+        _sse({"type": "message_stop"}, "message_stop"),
+    ]
+    return events
+
+
+def run_simulator(name: str, simulation: Simulation, *, host: str, port: int) -> None:
+    """Serve until SIGINT/SIGTERM (aiohttp's run_app handles both)."""
+    server = SimulatedModelServer(name, simulation)
+    web.run_app(
+        server.app(), host=host, port=port, print=None, access_log=None, handle_signals=True
+    )
