@@ -34,6 +34,10 @@ def _load(config: Path | None) -> tuple[Settings, dict[str, str], Path]:
         raise typer.Exit(2) from None
 
 
+def _exit_zero(signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
 def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
 
@@ -128,6 +132,10 @@ def api(
     os.environ["FR_CONFIG"] = str(path)  # the workers' app factory reads it
     configure_logging("api_server", settings.log)
     intercept_stdlib_logging(settings.log.level)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler
+    # that was installed before it ran. A stop that was asked for and completed is a success.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _exit_zero)
     uvicorn.run(
         "services.app:app_from_env",
         factory=True,

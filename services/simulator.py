@@ -46,6 +46,8 @@ class Behaviour:
     failure_status: int = 500
     retry_after: float | None = None
     hang_seconds: float = 300.0
+    # drop_mid_stream closes the connection after this many SSE events (1 = after the role chunk).
+    drop_after_events: int = 2
 
     @classmethod
     def from_simulation(cls, sim: Simulation) -> Behaviour:
@@ -201,7 +203,9 @@ class SimulatedModelServer:
             body.get("max_completion_tokens") or body.get("max_tokens") or behaviour.response_tokens
         )
         n_tokens = max(1, min(behaviour.response_tokens, int(limit)))
-        words = [f"[{self.name}]"] + [WORDS[i % len(WORDS)] for i in range(n_tokens - 1)]
+        # Like a real provider, answer as the model that was asked for (or our own name).
+        model = str(body.get("model") or self.name)[:128]
+        words = [f"[{model}]"] + [WORDS[i % len(WORDS)] for i in range(n_tokens - 1)]
         pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
         prompt_tokens = _count_tokens(messages)
         await asyncio.sleep(behaviour.latency_ms / 1000)
@@ -211,19 +215,19 @@ class SimulatedModelServer:
             await asyncio.sleep(n_tokens / behaviour.tokens_per_second)
             text = "".join(pieces)
             payload = (
-                _openai_completion(ident, self.name, text, prompt_tokens, n_tokens)
+                _openai_completion(ident, model, text, prompt_tokens, n_tokens)
                 if openai_format
-                else _anthropic_message(ident, self.name, text, prompt_tokens, n_tokens)
+                else _anthropic_message(ident, model, text, prompt_tokens, n_tokens)
             )
             return web.Response(body=orjson.dumps(payload), content_type="application/json")
-        drop_after = 2 if failing else None
+        drop_after = behaviour.drop_after_events if failing else None
         if failing:
             self.failures += 1
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         events = (
-            _openai_events(ident, self.name, pieces, prompt_tokens, include_usage)
+            _openai_events(ident, model, pieces, prompt_tokens, include_usage)
             if openai_format
-            else _anthropic_events(ident, self.name, pieces, prompt_tokens)
+            else _anthropic_events(ident, model, pieces, prompt_tokens)
         )
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}

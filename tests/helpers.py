@@ -1,0 +1,141 @@
+"""Real servers for tests: simulated model servers as processes, the gateway on real uvicorn."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from services.config import Settings
+from services.redis_connection import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+MAIN = str(ROOT / "main.py")
+
+
+def http(method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None,
+         raw: bytes | None = None, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
+    """A plain HTTP call that returns (status, headers, body) for any status."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+    if data is not None and "Content-Type" not in req.headers:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
+
+
+def wait_until(predicate: Any, timeout: float = 20, what: str = "condition") -> None:
+    """Poll a readiness condition (not a sleep standing in for time passing)."""
+    give_up = time.monotonic() + timeout
+    while time.monotonic() < give_up:
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def healthy(url: str) -> bool:
+    try:
+        return http("GET", url, timeout=1)[0] == 200
+    except OSError:
+        return False
+
+
+class SimProcess:
+    """A simulated model server in its own process, controlled over HTTP."""
+
+    def __init__(self, name: str, *, cold_start: float = 0.0) -> None:
+        self.name = name
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        argv = [sys.executable, MAIN, "simulate", "--port", str(self.port), "--model-name", name,
+                "--latency-ms", "0", "--tokens-per-second", "1000000",
+                "--cold-start-seconds", str(cold_start)]  # fmt: skip
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if cold_start == 0:
+            wait_until(lambda: healthy(self.base + "/health"), what=f"simulator {name}")
+
+    @property
+    def openai_url(self) -> str:
+        return self.base + "/v1"
+
+    def behave(self, **changes: Any) -> None:
+        status, _, body = http("POST", self.base + "/_sim/behaviour", changes)
+        assert status == 200, body
+
+    def reset(self) -> None:
+        assert http("POST", self.base + "/_sim/reset", {})[0] == 200
+
+    def stats(self) -> dict[str, Any]:
+        return json.loads(http("GET", self.base + "/_sim/stats")[2])
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+class GatewayServer:
+    """The gateway app on a real uvicorn server in a background thread."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
+                                access_log=False, lifespan="on")  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> GatewayServer:
+        self.thread.start()
+        wait_until(lambda: self.server.started, what="gateway start")
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+def settings_for(
+    redis_url: str, log_dir: Path, models: dict[str, Any], chains: dict[str, Any] | None = None,
+    **sections: Any,
+) -> Settings:  # fmt: skip
+    """Settings for a test gateway."""
+    data: dict[str, Any] = {
+        "redis": {"url": redis_url},
+        "log": {"dir": str(log_dir)},
+        "models": models,
+        "chains": chains or {},
+        "sessions": {"default_selector": next(iter(chains or models))},
+    }
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value}
+    return Settings.model_validate(data)
+
+
+def openai_model(url: str, upstream: str = "sim", **extra: Any) -> dict[str, Any]:
+    return {"deployments": [{"provider": "openai", "base_url": url, "model": upstream, **extra}]}
+
+
+def api_process(config: Path, env: Mapping[str, str], port: int) -> subprocess.Popen[bytes]:
+    """`main.py api` as a real process."""
+    return subprocess.Popen(
+        [sys.executable, MAIN, "api", "--config", str(config), "--port", str(port)],
+        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
