@@ -222,11 +222,11 @@ def simulate(
 
     if deployment is not None:
         settings, _, _ = _load(config)
-        found = {name: d for _, name, d in settings.deployments() if d.provider == "simulated"}
+        # Any deployment can be simulated: in docker-compose the API sees plain OpenAI servers
+        # (provider: openai, reached by service name) that this command runs from `simulation:`.
+        found = {name: d for _, name, d in settings.deployments()}
         if deployment not in found:
-            typer.echo(
-                f"no simulated deployment named {deployment!r}; have {sorted(found)}", err=True
-            )
+            typer.echo(f"no deployment named {deployment!r}; have {sorted(found)}", err=True)
             raise typer.Exit(2)
         dep = found[deployment]
         configure_logging("simulator", settings.log)
