@@ -18,6 +18,7 @@ import orjson
 from services.errors import UpstreamHTTPError, UpstreamProtocolError
 from services.providers.base import (
     ChunkStream,
+    HTTPAdapter,
     Json,
     ResponseChunkStream,
     post,
@@ -198,30 +199,19 @@ def to_chat_completion(message: Json, deployment: str) -> Json:
     }
 
 
-class AnthropicProvider:
+class AnthropicProvider(HTTPAdapter):
     """Speaks ``POST {base_url}/v1/messages`` with ``x-api-key`` and ``anthropic-version``."""
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        base_url: str,
-        upstream_model: str,
-        api_key: str | None,
-        session: aiohttp.ClientSession,
-        timeout: aiohttp.ClientTimeout,
-        stream_timeout: aiohttp.ClientTimeout,
-    ) -> None:
-        self.name = name
-        self.upstream_model = upstream_model
-        base = base_url.rstrip("/")
-        self._url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
-        self._headers = {"Content-Type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
+    def endpoint(self, base_url: str) -> str:
+        """Accept both ``https://api.anthropic.com`` and ``.../v1`` as the base URL."""
+        return base_url + ("/messages" if base_url.endswith("/v1") else "/v1/messages")
+
+    def auth_headers(self, api_key: str | None) -> dict[str, str]:
+        """The version header always; the key when there is one."""
+        headers = {"anthropic-version": ANTHROPIC_VERSION}
         if api_key:
-            self._headers["x-api-key"] = api_key
-        self._session = session
-        self._timeout = timeout
-        self._stream_timeout = stream_timeout
+            headers["x-api-key"] = api_key
+        return headers
 
     async def complete(self, request: Json) -> Json:
         """Translate, send, and translate the answer back."""

@@ -47,6 +47,37 @@ class Provider(Protocol):
         ...
 
 
+class HTTPAdapter:
+    """What every HTTP adapter holds: its names, the shared session, timeouts, URL and headers."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        base_url: str,
+        upstream_model: str,
+        api_key: str | None,
+        session: aiohttp.ClientSession,
+        timeout: aiohttp.ClientTimeout,
+        stream_timeout: aiohttp.ClientTimeout,
+    ) -> None:
+        self.name = name
+        self.upstream_model = upstream_model
+        self._url = self.endpoint(base_url.rstrip("/"))
+        self._headers = {"Content-Type": "application/json", **self.auth_headers(api_key)}
+        self._session = session
+        self._timeout = timeout
+        self._stream_timeout = stream_timeout
+
+    def endpoint(self, base_url: str) -> str:
+        """The chat URL under `base_url` (no trailing slash)."""
+        raise NotImplementedError
+
+    def auth_headers(self, api_key: str | None) -> dict[str, str]:
+        """Headers that carry the key and protocol version."""
+        raise NotImplementedError
+
+
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     """Parse a numeric Retry-After header (HTTP dates are rare from LLM APIs and ignored)."""
     value = headers.get("Retry-After")
@@ -174,6 +205,7 @@ def check_completion(data: Json, deployment: str) -> Json:
 
 __all__ = [
     "ChunkStream",
+    "HTTPAdapter",
     "Json",
     "Provider",
     "ResponseChunkStream",

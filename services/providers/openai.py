@@ -10,6 +10,7 @@ import orjson
 from services.errors import UpstreamProtocolError
 from services.providers.base import (
     ChunkStream,
+    HTTPAdapter,
     Json,
     ResponseChunkStream,
     check_completion,
@@ -19,29 +20,16 @@ from services.providers.base import (
 )
 
 
-class OpenAIProvider:
+class OpenAIProvider(HTTPAdapter):
     """Speaks ``POST {base_url}/chat/completions``, JSON and SSE, with a Bearer key."""
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        base_url: str,
-        upstream_model: str,
-        api_key: str | None,
-        session: aiohttp.ClientSession,
-        timeout: aiohttp.ClientTimeout,
-        stream_timeout: aiohttp.ClientTimeout,
-    ) -> None:
-        self.name = name
-        self.upstream_model = upstream_model
-        self._url = base_url.rstrip("/") + "/chat/completions"
-        self._headers = {"Content-Type": "application/json"}
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-        self._session = session
-        self._timeout = timeout
-        self._stream_timeout = stream_timeout
+    def endpoint(self, base_url: str) -> str:
+        """OpenAI-compatible servers put chat completions right under the versioned base URL."""
+        return base_url + "/chat/completions"
+
+    def auth_headers(self, api_key: str | None) -> dict[str, str]:
+        """A Bearer token when a key is configured (local servers usually need none)."""
+        return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     async def complete(self, request: Json) -> Json:
         """Forward the request with the upstream model id; answer the upstream's completion."""
