@@ -182,10 +182,6 @@ class Settings(_Section):
             for index, deployment in enumerate(model_settings.deployments)
         ]
 
-    def selectors(self) -> list[str]:
-        """Every name a session may be pinned to: models first, then chains."""
-        return [*self.models, *self.chains]
-
 
 def _scalar_env_names() -> dict[str, tuple[str, str]]:
     """Map FR_SECTION_FIELD to (section, field) for every scalar of every top-level section."""
