@@ -39,6 +39,16 @@ class FakeProcess:
         self.code = -9
 
 
+def recording(spawned: list[FakeProcess]) -> object:
+    """A spawn function that starts a FakeProcess and remembers it."""
+
+    def spawn(_spec: ChildSpec) -> FakeProcess:
+        spawned.append(FakeProcess())
+        return spawned[-1]
+
+    return spawn
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -80,7 +90,7 @@ def test_a_long_healthy_run_resets_the_backoff() -> None:
     clock, spawned = Clock(), []
     sup = Supervisor(
         [ChildSpec("api", ["x"])],
-        spawn=lambda s: spawned.append(FakeProcess()) or spawned[-1],
+        spawn=recording(spawned),
         clock=clock,
     )
     sup.start()
@@ -102,7 +112,7 @@ def test_stop_terms_in_reverse_order_and_kills_the_stubborn() -> None:
     clock, spawned = Clock(), []
     sup = Supervisor(
         [ChildSpec("redis", ["r"]), ChildSpec("api", ["a"])],
-        spawn=lambda s: spawned.append(FakeProcess()) or spawned[-1], clock=clock,
+        spawn=recording(spawned), clock=clock,
     )  # fmt: skip
     sup.start()
     spawned[1].ignores_term = True
@@ -117,7 +127,7 @@ def test_any_exit_is_restarted(code: int) -> None:
     clock, spawned = Clock(), []
     sup = Supervisor(
         [ChildSpec("x", ["x"])],
-        spawn=lambda s: spawned.append(FakeProcess()) or spawned[-1],
+        spawn=recording(spawned),
         clock=clock,
     )
     sup.start()
