@@ -24,6 +24,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from services import __version__
+from services.admin_api import resilience_routes
+from services.breaker_store import BreakerStore
 from services.config import Settings, load_settings
 from services.errors import (
     GatewayError,
@@ -34,12 +36,13 @@ from services.errors import (
     envelope,
     render,
 )
+from services.executor import ChainExecutor, Routed, RoutedStream
 from services.gateway import Gateway
 from services.logs import AccessLog, configure_logging, secret_values
 from services.middleware import RequestContextMiddleware
 from services.providers.base import Json
 from services.request_context import new_request_id
-from services.router import Routed, RoutedStream, Router
+from services.router import Router
 from services.schemas import (
     CHAT_COMPLETION,
     INITIATE_CALL,
@@ -115,12 +118,12 @@ def validate(adapter: TypeAdapter[T], data: Any) -> T:
         raise SchemaError("; ".join(problems)) from exc
 
 
-def router_headers(model: str, attempts: int, fallback: bool) -> dict[str, str]:
+def router_headers(model: str, attempts: int, fallback: str) -> dict[str, str]:
     """The headers that say how a routed answer was obtained."""
     return {
         "X-Router-Model": model,
         "X-Router-Attempts": str(attempts),
-        "X-Router-Fallback": "true" if fallback else "false",
+        "X-Router-Fallback": fallback,
     }
 
 
@@ -216,6 +219,14 @@ def create_app(
         assert gw.sessions is not None
         return gw.sessions
 
+    def executor() -> ChainExecutor:
+        assert gw.executor is not None
+        return gw.executor
+
+    def breakers() -> BreakerStore:
+        assert gw.breakers is not None
+        return gw.breakers
+
     def check_messages(messages: list[Any]) -> None:
         if len(messages) > max_messages:
             raise InvalidRequest(
@@ -256,7 +267,7 @@ def create_app(
         extra = {"session_id": body.session_id}
         if body.stream:
             return await stream_response(selector, payload, extra)
-        routed = await router().complete(selector, payload)
+        routed = await executor().complete(selector, payload)
         return completion_response(routed, extra)
 
     async def openai_chat_completions(request: Request) -> Response:
@@ -276,7 +287,7 @@ def create_app(
                 selector = _usable(pinned)
         if body.stream:
             return await stream_response(selector, raw, extra, session_id)
-        routed = await router().complete(selector, raw)
+        routed = await executor().complete(selector, raw)
         return completion_response(routed, extra, session_id)
 
     def _usable(pinned: str) -> str:
@@ -299,12 +310,14 @@ def create_app(
         selector: str, payload: Json, extra: Json, session_id: str | None = None
     ) -> Response:
         wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
-        routed = await router().open_stream(selector, payload)
+        routed = await executor().open_stream(selector, payload)
         headers = {**SSE_HEADERS, **router_headers(routed.model, routed.attempts, routed.fallback)}
         if session_id is not None:
             headers["X-Session-ID"] = session_id
         return StreamingResponse(
-            sse_body(routed, extra, wants_usage), media_type="text/event-stream", headers=headers
+            sse_body(routed, extra, wants_usage, executor()),
+            media_type="text/event-stream",
+            headers=headers,
         )
 
     @app.get("/v1/models")
@@ -330,33 +343,39 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        """Ready for traffic: Redis answers and the process is not draining."""
+        """Ready for traffic unless draining; a Redis outage means fail-open, not unready."""
         redis_ok = await gw.redis_ok()
-        ready = redis_ok and not gw.draining
+        ready = not gw.draining
         body = {
             "status": "ready" if ready else "not_ready",
             "redis_ok": redis_ok,
+            "mode": "shared" if redis_ok else "fail-open",
             "draining": gw.draining,
         }
         return json_response(body, 200 if ready else 503)
 
     @app.get("/health")
     async def health() -> Response:
-        """Status, Redis, and the models and chains this process routes to."""
+        """Status, Redis, each deployment's breaker state, and the models and chains."""
         redis_ok = await gw.redis_ok()
         models = {
             name: {"deployments": len(m.deployments), "local": m.local}
             for name, m in settings.models.items()
         }
+        board = breakers()
         return json_response(
             {
                 "status": "ok" if redis_ok else "degraded",
                 "version": __version__,
                 "redis_ok": redis_ok,
+                "mode": "shared" if redis_ok else "fail-open",
+                "providers": {name: board.state(name).state for name in board.names},
                 "models": models,
                 "chains": settings.chains,
             }
         )
+
+    app.include_router(resilience_routes(gw))
 
     # The request path is served by plain Starlette routes: FastAPI's per-route wrapper (dependency
     # solving, exit stacks, response validation) cost ~20% of throughput in bench/run.py, and these
@@ -372,7 +391,9 @@ def create_app(
     return app
 
 
-async def sse_body(routed: RoutedStream, extra: Json, wants_usage: bool) -> AsyncIterator[bytes]:
+async def sse_body(
+    routed: RoutedStream, extra: Json, wants_usage: bool, executor: ChainExecutor
+) -> AsyncIterator[bytes]:
     """Re-emit upstream chunks as SSE; an upstream failure after the first token ends the stream
     with an error event (and no ``[DONE]``, so clients cannot take it for a complete answer)."""
 
@@ -393,6 +414,8 @@ async def sse_body(routed: RoutedStream, extra: Json, wants_usage: bool) -> Asyn
         yield b"data: [DONE]\n\n"
     except UpstreamError as exc:
         logger.warning("stream from {} broke after the first token: {}", routed.deployment, exc)
+        if routed.deployment is not None:
+            await executor.stream_broke(routed.deployment)
         error = envelope(
             f"the upstream stream failed: {type(exc).__name__}",
             "upstream_error",

@@ -99,6 +99,28 @@ class Simulation(_Section):
     response_tokens: int = Field(24, ge=1, le=4096)
 
 
+class BreakerSettings(_Section):
+    """A deployment's circuit breaker (see services/breaker.py for the state machine)."""
+
+    # Opens when, over the last `window_seconds`, at least `minimum_calls` calls were made and
+    # `failure_rate` of them failed, or after `consecutive_failures` failures in a row.
+    window_seconds: float = Field(30.0, gt=0)
+    buckets: int = Field(10, ge=1, le=60)
+    minimum_calls: int = Field(5, ge=1)
+    failure_rate: float = Field(0.5, gt=0, le=1)
+    consecutive_failures: int = Field(5, ge=1)
+    # The open wait doubles on each trip that follows a failed recovery, up to the cap, +/- jitter.
+    open_seconds: float = Field(5.0, gt=0)
+    max_open_seconds: float = Field(120.0, gt=0)
+    open_jitter: float = Field(0.2, ge=0, lt=1)
+    # Half-open admits this many concurrent probes; this many successes close the breaker.
+    half_open_probes: int = Field(2, ge=1)
+    # A probe that never reports back (its process died) frees its permit after this long.
+    probe_timeout_seconds: float = Field(30.0, gt=0)
+    # A call slower than this (time to first token when streaming) counts as a failure.
+    slow_call_seconds: float | None = Field(None, gt=0)
+
+
 class Deployment(_Section):
     """One concrete upstream of a model."""
 
@@ -108,6 +130,10 @@ class Deployment(_Section):
     api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     name: str | None = Field(None, pattern=MODEL_NAME_RE.pattern)
     timeout_seconds: float | None = Field(None, gt=0)
+    # Overrides of resilience.breaker for this deployment only (any subset of its keys).
+    breaker: dict[str, Any] = Field(default_factory=dict)
+    # Whether the health monitor probes this deployment.
+    probe: bool = True
     simulation: Simulation = Simulation()
 
     @model_validator(mode="after")
@@ -126,6 +152,74 @@ class Deployment(_Section):
         """The TCP port of base_url (explicit or the scheme's default)."""
         parts = urlsplit(self.base_url)
         return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+class RetrySettings(_Section):
+    """Retries of the same deployment, used only when no other deployment of the chain is usable."""
+
+    max_retries: int = Field(2, ge=0, le=10)
+    base_delay_seconds: float = Field(0.2, gt=0)
+    max_delay_seconds: float = Field(5.0, gt=0)
+    # A Retry-After longer than this is not waited for: the walk moves on or gives up.
+    max_retry_after_seconds: float = Field(10.0, ge=0)
+
+
+class BudgetSettings(_Section):
+    """The retry budget: retries and fallbacks as a share of recent requests (a token bucket)."""
+
+    ratio: float = Field(0.2, ge=0, le=10)
+    # A floor so that a quiet gateway can still retry: this many per second of the window.
+    min_per_second: float = Field(10.0, ge=0)
+    window_seconds: float = Field(10.0, gt=0, le=600)
+
+
+class HealthSettings(_Section):
+    """The health monitor's active probes and passive window."""
+
+    enabled: bool = True
+    probe_interval_seconds: float = Field(15.0, gt=0)
+    probe_timeout_seconds: float = Field(5.0, gt=0)
+    # This many failed probes in a row mark a deployment unhealthy (skipped); one success heals.
+    unhealthy_after: int = Field(2, ge=1)
+    window: int = Field(100, ge=1, le=100_000)
+
+
+class CacheSettings(_Section):
+    """The `cache` tier: successful non-streamed answers by exact request hash."""
+
+    ttl_seconds: int = Field(3600, ge=1)
+    max_entry_bytes: int = Field(262_144, ge=1024)
+    flush_interval_seconds: float = Field(0.1, gt=0)
+
+
+class FallbackJitter(_Section):
+    """A random pause before each fallback (the seed design's 1-3 s); off by default."""
+
+    enabled: bool = False
+    min_seconds: float = Field(1.0, ge=0)
+    max_seconds: float = Field(3.0, ge=0)
+
+
+class ResilienceSettings(_Section):
+    """How a request walks its chain (SPEC §6)."""
+
+    # One deadline for the whole walk: every attempt, retry, backoff and jitter included.
+    deadline_seconds: float = Field(30.0, gt=0)
+    # A stream whose first token has not arrived by then counts as failed and fails over.
+    stream_ttft_seconds: float = Field(15.0, gt=0)
+    degraded_message: str = Field(
+        "The service is under heavy load or partly unavailable. Please try again shortly.",
+        min_length=1,
+        max_length=4000,
+    )
+    # How often each API process reconciles breakers and statistics with Redis.
+    sync_interval_seconds: float = Field(0.5, gt=0)
+    fallback_jitter: FallbackJitter = FallbackJitter()
+    retry: RetrySettings = RetrySettings()
+    budget: BudgetSettings = BudgetSettings()
+    breaker: BreakerSettings = BreakerSettings()
+    health: HealthSettings = HealthSettings()
+    cache: CacheSettings = CacheSettings()
 
 
 class Pricing(_Section):
@@ -151,6 +245,7 @@ class Settings(_Section):
     log: LogSettings = LogSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     sessions: SessionSettings = SessionSettings()
+    resilience: ResilienceSettings = ResilienceSettings()
     models: dict[ModelName, ModelSettings] = Field(min_length=1)
     chains: dict[ModelName, list[str]] = Field(default_factory=dict)
 
@@ -167,12 +262,29 @@ class Settings(_Section):
                         f"chains.{chain}: {step!r} is neither a model nor a tier "
                         f"(models: {sorted(self.models)}; tiers: {sorted(TIERS)})"
                     )
+        for model, deployment_name, deployment in self.deployments():
+            if deployment.breaker:
+                where = f"models.{model}.deployments ({deployment_name}).breaker"
+                unknown = set(deployment.breaker) - set(BreakerSettings.model_fields)
+                if unknown:
+                    raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+                try:
+                    self.breaker_policy(deployment)
+                except ValidationError as exc:
+                    raise ValueError(f"{where}: {exc.errors()[0]['msg']}") from None
         selector = self.sessions.default_selector
         if selector not in self.models and selector not in self.chains:
             raise ValueError(
                 f"sessions.default_selector: {selector!r} is neither a model nor a chain"
             )
         return self
+
+    def breaker_policy(self, deployment: Deployment) -> BreakerSettings:
+        """The resilience.breaker settings with the deployment's own overrides applied."""
+        if not deployment.breaker:
+            return self.resilience.breaker
+        merged = {**self.resilience.breaker.model_dump(), **deployment.breaker}
+        return BreakerSettings.model_validate(merged)
 
     def deployments(self) -> list[tuple[str, str, Deployment]]:
         """Every (model, deployment name, deployment), names being `<model>:<index>` unless set."""
@@ -190,6 +302,9 @@ def _scalar_env_names() -> dict[str, tuple[str, str]]:
         section_type = field.annotation
         if isinstance(section_type, type) and issubclass(section_type, _Section):
             for name, info in section_type.model_fields.items():
+                nested = info.annotation
+                if isinstance(nested, type) and issubclass(nested, _Section):
+                    continue  # nested blocks are set in the file, not through one variable
                 key = info.alias or name
                 names[f"{ENV_PREFIX}{section.upper()}_{key.upper()}"] = (section, key)
     return names

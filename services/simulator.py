@@ -141,8 +141,13 @@ class SimulatedModelServer:
         remaining = round(self._ready_at - self._clock(), 3)
         return web.json_response({"status": "starting", "ready_in": remaining}, status=503)
 
-    async def models(self, _: web.Request) -> web.Response:
-        """An OpenAI model list with the one model served."""
+    async def models(self, request: web.Request) -> web.Response:
+        """An OpenAI model list with the one model served; injected faults apply here too (a
+        broken server fails its health probes), without counting as chat requests."""
+        behaviour = self.behaviour
+        broken = behaviour.failure_mode != "drop_mid_stream"
+        if broken and behaviour.failure_rate > 0 and self._rng.random() < behaviour.failure_rate:
+            return await self._fail(request, behaviour, openai_format=True)
         item = {"id": self.name, "object": "model", "created": 0, "owned_by": "simulated"}
         return web.json_response({"object": "list", "data": [item]})
 

@@ -63,7 +63,8 @@ def secondary(sims: tuple[SimProcess, SimProcess]) -> SimProcess:
 def gateway(
     redis_url: str, primary: SimProcess, secondary: SimProcess, tmp_path: Path
 ) -> Iterator[GatewayServer]:
-    """A gateway whose `default` chain is primary -> secondary, plus an Anthropic-speaking model."""
+    """A gateway whose `default` chain is primary -> secondary -> cache -> degraded (`bare`: the two
+    models only), plus an Anthropic-speaking model."""
     models = {
         "primary": openai_model(primary.openai_url, "primary-upstream"),
         "secondary": openai_model(secondary.openai_url, "secondary-upstream"),
@@ -73,8 +74,14 @@ def gateway(
             ]
         },
     }
-    chains = {"default": ["primary", "secondary", "cache", "degraded"]}
-    settings = settings_for(redis_url, tmp_path / "logs", models, chains)
+    chains = {
+        "default": ["primary", "secondary", "cache", "degraded"],
+        "bare": ["primary", "secondary"],
+    }
+    # Active probes are switched off so that no probe lands mid-test; tests/test_health_monitor.py
+    # covers them.
+    resilience = {"health": {"enabled": False}}
+    settings = settings_for(redis_url, tmp_path / "logs", models, chains, resilience=resilience)
     with GatewayServer(create_app(settings, environ={})) as server:
         yield server
 

@@ -85,7 +85,7 @@ def test_hostile_session_ids_never_reach_redis(
     ):
         status, _, raw = http("POST", gateway.base + path, body)
         _assert_envelope(status, raw, 422)
-    assert redis_client.keys("*") == []
+    assert redis_client.keys("fr:session:*") == []
 
 
 @pytest.mark.parametrize("header", ["../x", "*", "a" * 300])
@@ -98,7 +98,7 @@ def test_hostile_x_session_id_is_refused(
         "POST", gateway.base + "/v1/chat/completions", body, headers={"X-Session-ID": header}
     )
     _assert_envelope(status, raw, 422)
-    assert redis_client.keys("*") == []
+    assert redis_client.keys("fr:session:*") == []
 
 
 def test_unknown_model_and_chain_are_404(gateway: GatewayServer) -> None:

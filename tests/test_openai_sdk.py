@@ -77,4 +77,4 @@ def test_models_lists_models_and_chains(closing: ExitStack, gateway: GatewayServ
     """GET /v1/models lists every model and chain through the SDK."""
     client = closing.enter_context(openai.OpenAI(base_url=gateway.base + "/v1", api_key="unused"))
     ids = {m.id for m in client.models.list()}
-    assert ids == {"primary", "secondary", "claude", "default"}
+    assert ids == {"primary", "secondary", "claude", "default", "bare"}

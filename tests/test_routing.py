@@ -12,6 +12,7 @@ import pytest
 from tests.helpers import GatewayServer, SimProcess, http
 
 TURN = {"model": "default", "messages": [{"role": "user", "content": "hi"}]}
+BARE = {**TURN, "model": "bare"}
 
 
 @pytest.mark.parametrize(
@@ -45,15 +46,16 @@ def test_upstream_client_errors_are_not_failed_over(
     assert secondary.stats()["requests"] == 0
 
 
-def test_everything_down_is_502_naming_each_failure(
+def test_everything_down_without_tiers_is_503_naming_each_failure(
     gateway: GatewayServer, primary: SimProcess, secondary: SimProcess
 ) -> None:
-    """When every deployment fails the client gets 502 upstream_exhausted, no upstream URL or body."""
+    """A chain with no tiers answers 503 upstream_exhausted (with Retry-After), no upstream URL."""
     primary.behave(failure_rate=1.0, failure_status=503)
     secondary.behave(failure_rate=1.0, failure_status=500)
-    status, _, raw = http("POST", gateway.base + "/v1/chat/completions", TURN)
+    status, headers, raw = http("POST", gateway.base + "/v1/chat/completions", BARE)
     error = json.loads(raw)["error"]
-    assert status == 502 and error["code"] == "upstream_exhausted"
+    assert status == 503 and error["code"] == "upstream_exhausted"
+    assert headers["retry-after"] == "1"
     assert "primary:0: HTTP 503" in error["message"] and "secondary:0: HTTP 500" in error["message"]
     assert "127.0.0.1" not in error["message"]
 
@@ -96,5 +98,5 @@ def test_stream_everything_down_is_an_error_response_not_a_stream(
         openai.OpenAI(base_url=gateway.base + "/v1", api_key="unused", max_retries=0)
     )
     with pytest.raises(openai.APIStatusError) as caught:
-        list(client.chat.completions.create(**TURN, stream=True))
-    assert caught.value.status_code == 502
+        list(client.chat.completions.create(**BARE, stream=True))
+    assert caught.value.status_code == 503

@@ -206,6 +206,10 @@ class AnthropicProvider(HTTPAdapter):
         """Accept both ``https://api.anthropic.com`` and ``.../v1`` as the base URL."""
         return base_url + ("/messages" if base_url.endswith("/v1") else "/v1/messages")
 
+    def models_endpoint(self, base_url: str) -> str:
+        """Anthropic's ``GET /v1/models``."""
+        return base_url + ("/models" if base_url.endswith("/v1") else "/v1/models")
+
     def auth_headers(self, api_key: str | None) -> dict[str, str]:
         """The version header always; the key when there is one."""
         headers = {"anthropic-version": ANTHROPIC_VERSION}

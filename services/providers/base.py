@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 
 from services.errors import (
+    RETRYABLE_STATUSES,
     UpstreamConnectError,
     UpstreamError,
     UpstreamHTTPError,
@@ -46,6 +47,11 @@ class Provider(Protocol):
         """Send a streaming request; return once the upstream has accepted it (HTTP 2xx)."""
         ...
 
+    async def probe(self) -> None:
+        """A cheap request that proves the deployment answers; UpstreamError when it does not.
+        The caller bounds it with `asyncio.timeout`."""
+        ...
+
 
 class HTTPAdapter:
     """What every HTTP adapter holds: its names, the shared session, timeouts, URL and headers."""
@@ -64,6 +70,7 @@ class HTTPAdapter:
         self.name = name
         self.upstream_model = upstream_model
         self._url = self.endpoint(base_url.rstrip("/"))
+        self._models_url = self.models_endpoint(base_url.rstrip("/"))
         self._headers = {"Content-Type": "application/json", **self.auth_headers(api_key)}
         self._session = session
         self._timeout = timeout
@@ -73,9 +80,25 @@ class HTTPAdapter:
         """The chat URL under `base_url` (no trailing slash)."""
         raise NotImplementedError
 
+    def models_endpoint(self, base_url: str) -> str:
+        """The model-list URL under `base_url`: free to call, so the health monitor probes it."""
+        raise NotImplementedError
+
     def auth_headers(self, api_key: str | None) -> dict[str, str]:
         """Headers that carry the key and protocol version."""
         raise NotImplementedError
+
+    async def probe(self) -> None:
+        """GET the model list. Only an unreachable, timing-out or 408/429/5xx-answering server
+        fails: a 401 or 404 still proves it is up (and the real call will say what is wrong)."""
+        try:
+            async with self._session.get(self._models_url, headers=self._headers) as resp:
+                await resp.read()
+                status = resp.status
+        except aiohttp.ClientError as exc:
+            raise UpstreamConnectError(self.name, f"health probe: {type(exc).__name__}") from exc
+        if status in RETRYABLE_STATUSES:
+            raise UpstreamHTTPError(self.name, status, "health probe failed")
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:

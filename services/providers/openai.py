@@ -27,6 +27,10 @@ class OpenAIProvider(HTTPAdapter):
         """OpenAI-compatible servers put chat completions right under the versioned base URL."""
         return base_url + "/chat/completions"
 
+    def models_endpoint(self, base_url: str) -> str:
+        """``GET /models``, which every OpenAI-compatible server answers."""
+        return base_url + "/models"
+
     def auth_headers(self, api_key: str | None) -> dict[str, str]:
         """A Bearer token when a key is configured (local servers usually need none)."""
         return {"Authorization": f"Bearer {api_key}"} if api_key else {}
