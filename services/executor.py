@@ -394,4 +394,5 @@ class ChainExecutor:
                 status=504 if timeouts else 503,
             )
         error.headers["Retry-After"] = "1"
+        error.headers["X-Router-Attempts"] = str(walk.attempts)
         return error

@@ -66,6 +66,8 @@ class EmbeddedRedis:
     url: str
     kind: Literal["external", "redis-server", "fakeredis"]
     port: int | None = None
+    # The redis-server child's pid (tests pause it to simulate an unreachable Redis).
+    pid: int | None = None
     _stop: Any = field(default=None, repr=False)
 
     def describe(self) -> str:
@@ -113,7 +115,7 @@ def start_redis_server(port: int | None = None) -> EmbeddedRedis:
             proc.kill()
             proc.wait()
 
-    return EmbeddedRedis(url=url, kind="redis-server", port=port, _stop=stop)
+    return EmbeddedRedis(url=url, kind="redis-server", port=port, pid=proc.pid, _stop=stop)
 
 
 def start_fakeredis_server(port: int | None = None) -> EmbeddedRedis:
