@@ -118,17 +118,29 @@ def wait_http(url: str, method: str = "GET", timeout: float = 20) -> None:
     sys.exit(f"{url} did not come up")
 
 
-def write_config(workdir: Path, upstream_port: int, api_port: int, primary_url: str) -> Path:
+def write_config(
+    workdir: Path, upstream_port: int, api_port: int, primary_url: str, scenario: str
+) -> Path:
+    primary: dict[str, object] = {
+        "provider": "openai",
+        "base_url": primary_url,
+        "model": "bench-upstream",
+        # Health probes would take a dead primary out of the plan; the scenarios measure the
+        # breaker and the failover path, so the primary is never probed.
+        "probe": False,
+    }
+    resilience: dict[str, object] = {}
+    if scenario == "primary-refused":
+        # The raw cost of failing over on every request: a breaker that never opens, and a retry
+        # budget that lets every request fall back once.
+        primary["breaker"] = {"consecutive_failures": 10**9, "minimum_calls": 10**9}
+        resilience["budget"] = {"ratio": 1.0}
     config = {
         "api": {"host": "127.0.0.1", "port": api_port, "workers": 1},
         "log": {"dir": str(workdir / "logs"), "level": "INFO"},
         "sessions": {"default_selector": "bench-chain", "ttl_seconds": 3600},
         "models": {
-            "bench-primary": {
-                "deployments": [
-                    {"provider": "openai", "base_url": primary_url, "model": "bench-upstream"}
-                ]
-            },
+            "bench-primary": {"deployments": [primary]},
             "bench-model": {
                 "deployments": [
                     {
@@ -140,6 +152,7 @@ def write_config(workdir: Path, upstream_port: int, api_port: int, primary_url: 
             },
         },
         "chains": {"bench-chain": ["bench-primary", "bench-model"]},
+        "resilience": resilience,
     }
     path = workdir / "bench.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
@@ -176,6 +189,12 @@ def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -196,10 +215,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--scenario",
-        choices=["healthy", "primary-refused"],
+        choices=["healthy", "primary-refused", "breaker-open"],
         default="healthy",
-        help="healthy: the session's chain starts at nginx; "
-        "primary-refused: its first model refuses connections",
+        help="healthy: the session's chain starts at nginx; primary-refused: its first model "
+        "refuses connections and its breaker never opens (every request fails over); "
+        "breaker-open: the same dead primary with default breaker settings (it opens during "
+        "the warm-up, so requests skip it)",
     )
     args = parser.parse_args()
     ensure_tools()
@@ -211,7 +232,7 @@ def main() -> None:
         procs.append(start_nginx(workdir, upstream_port))
         direct = f"http://127.0.0.1:{upstream_port}/v1"
         primary = direct if args.scenario == "healthy" else f"http://127.0.0.1:{free_port()}/v1"
-        config = write_config(workdir, upstream_port, api_port, primary)
+        config = write_config(workdir, upstream_port, api_port, primary, args.scenario)
         env = {**os.environ, "FR_REDIS_URL": redis.url, "FR_CONFIG": str(config)}
         api = subprocess.Popen(
             [sys.executable, str(ROOT / "main.py"), "api", "--workers", "1"],
@@ -238,20 +259,28 @@ def main() -> None:
                 runs.setdefault(("direct", c), []).append(
                     wrk(direct + "/chat/completions", direct_body, c, args.duration, script)
                 )
-                runs.setdefault(("gateway", c), []).append(
-                    wrk(base + "/chat_completions", gw_body, c, args.duration, script)
-                )
+                before = cpu_seconds(api.pid)
+                run = wrk(base + "/chat_completions", gw_body, c, args.duration, script)
+                # CPU per request is far steadier than requests/s on a shared VM: it does not
+                # move when a neighbour steals cycles, so it is what code changes are judged by.
+                run["cpu_us"] = (cpu_seconds(api.pid) - before) / run["requests"] * 1e6
+                runs.setdefault(("gateway", c), []).append(run)
         results = {key: median_run(r) for key, r in runs.items()}
         rss = rss_mb(api.pid)
         print(
             f"scenario: {args.scenario}; median of {args.repeats} runs of {args.duration}s; "
             f"one gateway worker; {os.cpu_count()} cores"
         )
-        print("| path | concurrency | requests/s | p50 ms | p99 ms | errors |")
-        print("|---|---|---|---|---|---|")
+        print(
+            "| path | concurrency | requests/s | p50 ms | p99 ms | errors | worker CPU µs/request |"
+        )
+        print("|---|---|---|---|---|---|---|")
         for (path, c), r in results.items():
             p50, p99, errors = r["p50_us"] / 1000, r["p99_us"] / 1000, r["errors"] + r["non2xx"]
-            print(f"| {path} | {c} | {r['rps']:.0f} | {p50:.3f} | {p99:.3f} | {errors:.0f} |")
+            cpu = f"{r['cpu_us']:.0f}" if "cpu_us" in r else "-"
+            print(
+                f"| {path} | {c} | {r['rps']:.0f} | {p50:.3f} | {p99:.3f} | {errors:.0f} | {cpu} |"
+            )
         for c in args.concurrency:
             added = (results[("gateway", c)]["p50_us"] - results[("direct", c)]["p50_us"]) / 1000
             print(f"added p50 latency at concurrency {c}: {added:.3f} ms")

@@ -385,8 +385,10 @@ def create_app(
         (chat_completions, "/chat_completions", SessionChatRequest),
         (openai_chat_completions, "/v1/chat/completions", ChatCompletionRequest),
     ]
-    for endpoint, path, _ in lean_routes:
-        app.router.routes.append(Route(path, endpoint, methods=["POST"]))
+    # First in the list: Starlette matches routes in order, and the request path should not pay
+    # for testing every admin and docs route before its own.
+    for index, (endpoint, path, _) in enumerate(lean_routes):
+        app.router.routes.insert(index, Route(path, endpoint, methods=["POST"]))
     document_lean_routes(app, [(e.__doc__ or "", path, body) for e, path, body in lean_routes])
     return app
 

@@ -32,6 +32,10 @@ class Router:
         self._deployments = {model: tuple(providers) for model, providers in deployments.items()}
         self._chains: dict[str, tuple[str, ...]] = {m: (m,) for m in settings.models}
         self._chains.update({name: tuple(steps) for name, steps in settings.chains.items()})
+        self._tiers = {
+            name: frozenset(step for step in steps if step in TIERS)
+            for name, steps in self._chains.items()
+        }
         # Round-robin start offsets spread load over a model's deployments.
         self._turns = {model: itertools.count() for model in self._deployments}
 
@@ -65,4 +69,5 @@ class Router:
 
     def tiers(self, selector: str) -> frozenset[str]:
         """The tier steps (`cache`, `degraded`) of a selector's chain."""
-        return frozenset(step for step in self.resolve(selector) if step in TIERS)
+        self.resolve(selector)  # NotFound for an unknown selector
+        return self._tiers[selector]
