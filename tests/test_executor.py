@@ -1,0 +1,194 @@
+"""The chain walk with scripted upstreams, a fake clock and a recording sleep: no real waiting."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from services.breaker_store import BreakerStore
+from services.config import ResilienceSettings, Settings
+from services.errors import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamExhausted,
+    UpstreamHTTPError,
+)
+from services.executor import ChainExecutor
+from services.fallback_stats import FallbackStatistics
+from services.health_monitor import HealthMonitor
+from services.redis_connection import async_client
+from services.redis_gate import RedisGate
+from services.response_cache import ResponseCache
+from services.retry_budget import RetryBudget
+from services.router import Router
+
+ANSWER = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]}
+
+
+class Scripted:
+    """A provider that raises or answers from a list, one item per call."""
+
+    def __init__(self, name: str, outcomes: list[UpstreamError | None]) -> None:
+        self.name = name
+        self.upstream_model = name
+        self.outcomes = outcomes
+        self.calls = 0
+
+    async def complete(self, request: dict[str, Any]) -> dict[str, Any]:
+        outcome = self.outcomes[min(self.calls, len(self.outcomes) - 1)]
+        self.calls += 1
+        if outcome is not None:
+            raise outcome
+        return dict(ANSWER)
+
+    async def open_stream(self, request: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    async def probe(self) -> None:
+        return None
+
+
+class Time:
+    """A fake clock whose sleep records the delay and moves the clock."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+async def redis_conn(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = async_client(redis_url)
+    yield client
+    await client.aclose()
+
+
+def build(redis: aioredis.Redis, providers: dict[str, Scripted], clock: Time,
+          **resilience: Any) -> tuple[ChainExecutor, FallbackStatistics]:  # fmt: skip
+    models = {
+        name: {"deployments": [{"provider": "openai", "base_url": "http://x/v1", "model": name}]}
+        for name in providers
+    }
+    settings = Settings.model_validate({
+        "models": models,
+        "chains": {"chain": [*providers, "degraded"], "bare": list(providers)},
+        "sessions": {"default_selector": "chain"},
+        "resilience": resilience,
+    })  # fmt: skip
+    for p in providers.values():
+        p.name = f"{p.name}:0"
+    gate = RedisGate(redis)
+    settings_r: ResilienceSettings = settings.resilience
+    by_name = {p.name: p for p in providers.values()}
+    breakers = BreakerStore(
+        redis, gate, dict.fromkeys(by_name, settings_r.breaker), prefix="x:", clock=clock
+    )
+    stats = FallbackStatistics(redis, gate, prefix="x:")
+    budget = settings_r.budget
+    executor = ChainExecutor(
+        Router(settings, {name: [p] for name, p in providers.items()}),  # type: ignore[list-item]
+        settings_r,
+        breakers=breakers,
+        health=HealthMonitor(settings_r.health, by_name),  # type: ignore[arg-type]
+        budget=RetryBudget(
+            ratio=budget.ratio,
+            min_per_second=budget.min_per_second,
+            window_seconds=budget.window_seconds,
+            clock=clock,
+        ),
+        cache=ResponseCache(redis, gate, settings_r.cache, prefix="x:", clock=clock),
+        stats=stats,
+        clock=clock,
+        sleep=clock.sleep,
+        rng=random.Random(3),
+    )
+    return executor, stats
+
+
+REQUEST = {"messages": [{"role": "user", "content": "hi"}]}
+
+
+async def test_fallback_jitter_is_off_by_default(redis_conn: aioredis.Redis) -> None:
+    """With defaults a failed primary hands over to the secondary with no pause."""
+    clock = Time()
+    a, b = Scripted("a", [UpstreamConnectError("a", "refused")]), Scripted("b", [None])
+    executor, _ = build(redis_conn, {"a": a, "b": b}, clock)
+    routed = await executor.complete("chain", REQUEST)
+    assert (routed.model, routed.attempts, routed.fallback) == ("b", 2, "true")
+    assert clock.sleeps == []
+
+
+async def test_fallback_jitter_pauses_between_one_and_three_seconds(
+    redis_conn: aioredis.Redis,
+) -> None:
+    """Enabled, the seed's jitter sleeps 1-3 s before each fallback (never before the first call)."""
+    clock = Time()
+    a, b = Scripted("a", [UpstreamConnectError("a", "refused")]), Scripted("b", [None])
+    executor, _ = build(redis_conn, {"a": a, "b": b}, clock, fallback_jitter={"enabled": True})
+    await executor.complete("chain", REQUEST)
+    assert len(clock.sleeps) == 1 and 1 <= clock.sleeps[0] <= 3
+
+
+async def test_retry_after_is_honoured_on_the_last_deployment(redis_conn: aioredis.Redis) -> None:
+    """A 429 with Retry-After: 2 on the only deployment is retried after exactly 2 s."""
+    clock = Time()
+    only = Scripted("only", [UpstreamHTTPError("only", 429, "slow down", retry_after=2.0), None])
+    executor, stats = build(redis_conn, {"only": only}, clock)
+    routed = await executor.complete("bare", REQUEST)
+    assert routed.attempts == 2 and clock.sleeps == [2.0]
+    assert stats.local["tier:primary"] == 1
+
+
+async def test_retry_after_longer_than_allowed_is_not_waited(redis_conn: aioredis.Redis) -> None:
+    """Retry-After beyond max_retry_after_seconds ends the walk instead of sleeping."""
+    clock = Time()
+    only = Scripted("only", [UpstreamHTTPError("only", 429, "later", retry_after=60.0), None])
+    executor, _ = build(redis_conn, {"only": only}, clock)
+    with pytest.raises(UpstreamExhausted) as caught:
+        await executor.complete("bare", REQUEST)
+    assert caught.value.status == 503 and clock.sleeps == [] and only.calls == 1
+
+
+async def test_backoff_that_would_pass_the_deadline_is_not_taken(
+    redis_conn: aioredis.Redis,
+) -> None:
+    """A Retry-After wait that ends after the request deadline is not slept."""
+    clock = Time()
+    only = Scripted("only", [UpstreamHTTPError("only", 503, "busy", retry_after=4.0), None])
+    executor, _ = build(redis_conn, {"only": only}, clock, deadline_seconds=3)
+    with pytest.raises(UpstreamExhausted):
+        await executor.complete("bare", REQUEST)
+    assert clock.sleeps == [] and only.calls == 1
+
+
+async def test_retries_use_full_jitter_backoff_within_bounds(redis_conn: aioredis.Redis) -> None:
+    """Two retries on the last deployment wait within [0, 0.2] then [0, 0.4] seconds."""
+    clock = Time()
+    busy = UpstreamHTTPError("only", 503, "busy")
+    only = Scripted("only", [busy, busy, None])
+    executor, _ = build(redis_conn, {"only": only}, clock)
+    routed = await executor.complete("bare", REQUEST)
+    assert routed.attempts == 3 and len(clock.sleeps) == 2
+    assert 0 <= clock.sleeps[0] <= 0.2 and 0 <= clock.sleeps[1] <= 0.4
+
+
+async def test_spent_budget_stops_the_walk_at_the_tiers(redis_conn: aioredis.Redis) -> None:
+    """With no budget left a failed primary is not followed by a fallback: degraded answers."""
+    clock = Time()
+    a, b = Scripted("a", [UpstreamConnectError("a", "refused")]), Scripted("b", [None])
+    executor, stats = build(redis_conn, {"a": a, "b": b}, clock,
+                            budget={"ratio": 0, "min_per_second": 0})  # fmt: skip
+    routed = await executor.complete("chain", REQUEST)
+    assert routed.route == "degraded" and b.calls == 0
+    assert stats.local["budget_exhausted"] == 1
