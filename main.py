@@ -1,4 +1,4 @@
-"""Fallback Routing launcher: `python main.py all|api|redis|simulate|check-config`."""
+"""Fallback Routing launcher: `python main.py all|api|redis|simulate|demo|check-config`."""
 
 from __future__ import annotations
 
@@ -240,6 +240,33 @@ def simulate(
         cold_start_seconds=cold_start_seconds, failure_rate=failure_rate,
     )  # fmt: skip
     run_simulator(model_name, sim, host=host, port=port)
+
+
+@cli.command()
+def demo(
+    config: ConfigOption = None,
+    requests: Annotated[int, typer.Option(min=1, max=10_000, help="Requests per phase.")] = 40,
+    concurrency: Annotated[int, typer.Option(min=1, max=256, help="Concurrent clients.")] = 4,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Scripted traffic with injected provider failures through the real pipeline, summarised.
+
+    Exits 1 if any client saw an error."""
+    import asyncio
+    import json
+
+    from services.demo import render, run_demo
+    from services.logs import configure_logging
+
+    settings, _, _ = _load(config)
+    configure_logging("demo", settings.log, console=False)
+    typer.echo(
+        f"running 6 phases of {requests} requests (gateway log: {settings.log.dir}/demo.log)"
+    )
+    summary = asyncio.run(run_demo(requests, concurrency, settings.log.dir))
+    typer.echo(json.dumps(summary) if json_output else render(summary))
+    if any(row["errors"] for row in summary["phases"]):
+        raise typer.Exit(1)
 
 
 @cli.command("check-config")

@@ -168,9 +168,13 @@ class SimulatedModelServer:
             return web.json_response({"error": {"message": str(exc)}}, status=400)
         return web.json_response(asdict(self.behaviour))
 
+    def restore(self) -> None:
+        """Behaviour back to the start-up settings (counters kept)."""
+        self.behaviour = self._initial
+
     async def reset(self, _: web.Request) -> web.Response:
         """Counters to zero and behaviour back to the start-up settings."""
-        self.behaviour = self._initial
+        self.restore()
         self.requests = self.failures = 0
         return web.json_response(asdict(self.behaviour))
 

@@ -1,0 +1,36 @@
+"""`main.py demo`: every fault phase is absorbed, and the report says by whom."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import MAIN
+
+
+def test_demo_absorbs_every_injected_fault(tmp_path: Path) -> None:
+    """No client error in any phase; failures go to the secondary, a total outage to cache and
+    degraded, and traffic returns to the primary once its breaker has recovered."""
+    env = {**os.environ, "FR_LOG_DIR": str(tmp_path / "logs")}
+    done = subprocess.run(
+        [sys.executable, MAIN, "demo", "--requests", "8", "--json"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.splitlines()[-1])
+    rows = {row["phase"]: row for row in summary["phases"]}
+    assert all(row["errors"] == 0 and row["requests"] == 8 for row in rows.values())
+    assert rows["healthy"]["primary"] == 8
+    for phase in (
+        "primary returns HTTP 500",
+        "primary drops connections",
+        "primary hangs (0.5 s timeout)",
+    ):
+        assert rows[phase]["secondary"] == 8, phase
+    assert rows["every model down"]["cache"] == 4 and rows["every model down"]["degraded"] == 4
+    assert rows["recovered"]["primary"] >= 2  # the half-open probes, at least
+    assert summary["statistics"]["tiers"]["failed"] == 0
+    assert (tmp_path / "logs" / "demo.log").exists()
