@@ -63,11 +63,11 @@ class UpstreamRejected(InvalidRequest):
     code = "upstream_rejected"
 
 
-@dataclass(slots=True)
-class Routed:
-    """A non-streamed answer and how it was obtained."""
+@dataclass(slots=True, kw_only=True)
+class Route:
+    """How an answer was obtained: the model, the deployment (none for a tier), the upstream
+    attempts made, and the route: primary, fallback, cache or degraded."""
 
-    body: Json
     model: str
     deployment: str | None
     attempts: int
@@ -79,22 +79,20 @@ class Routed:
         return FALLBACK_HEADER[self.route]
 
 
-@dataclass(slots=True)
-class RoutedStream:
+@dataclass(slots=True, kw_only=True)
+class Routed(Route):
+    """A non-streamed answer."""
+
+    body: Json
+
+
+@dataclass(slots=True, kw_only=True)
+class RoutedStream(Route):
     """An accepted stream: chunks already received (held back until content) and the rest."""
 
     head: list[Json]
     stream: ChunkStream
     rest: AsyncIterator[Json]
-    model: str
-    deployment: str | None
-    attempts: int
-    route: str
-
-    @property
-    def fallback(self) -> str:
-        """The `X-Router-Fallback` value: false, true, cache or degraded."""
-        return FALLBACK_HEADER[self.route]
 
 
 @dataclass(slots=True)
@@ -184,9 +182,13 @@ class ChainExecutor:
             body, candidate, route = found
             if "cache" in tiers:
                 self._cache.remember(self._cache.key(selector, request), body)
-            return Routed(body, candidate.model, candidate.provider.name, walk.attempts, route)
+            return Routed(
+                body=body, model=candidate.model, deployment=candidate.provider.name,
+                attempts=walk.attempts, route=route,
+            )  # fmt: skip
         body, route = await self._from_tiers(selector, tiers, request, walk)
-        return Routed(body, str(body.get("model") or route), None, walk.attempts, route)
+        model = str(body.get("model") or route)
+        return Routed(body=body, model=model, deployment=None, attempts=walk.attempts, route=route)
 
     async def open_stream(self, selector: str, request: Json) -> RoutedStream:
         """Answer a streamed request: return once a deployment has produced its first content."""
@@ -213,13 +215,15 @@ class ChainExecutor:
         if found is not None:
             (head, stream, rest), candidate, route = found
             return RoutedStream(
-                head, stream, rest, candidate.model, candidate.provider.name, walk.attempts, route
-            )
+                head=head, stream=stream, rest=rest, model=candidate.model,
+                deployment=candidate.provider.name, attempts=walk.attempts, route=route,
+            )  # fmt: skip
         body, route = await self._from_tiers(selector, tiers, request, walk)
         replay = ReplayedStream()
         return RoutedStream(
-            completion_chunks(body), replay, aiter(replay), str(body.get("model") or route),
-            None, walk.attempts, route,
+            head=completion_chunks(body), stream=replay, rest=aiter(replay),
+            model=str(body.get("model") or route), deployment=None, attempts=walk.attempts,
+            route=route,
         )  # fmt: skip
 
     async def stream_broke(self, deployment: str) -> None:
