@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -41,7 +43,7 @@ from services.gateway import Gateway
 from services.logs import AccessLog, configure_logging, secret_values
 from services.middleware import RequestContextMiddleware
 from services.providers.base import Json
-from services.request_context import new_request_id
+from services.request_context import new_request_id, request_id_var
 from services.router import Router
 from services.schemas import (
     CHAT_COMPLETION,
@@ -52,6 +54,7 @@ from services.schemas import (
     SessionChatRequest,
 )
 from services.sessions import SessionStore
+from services.usage import UsageRecorder, answer_chars
 
 T = TypeVar("T")
 JSON = "application/json"
@@ -223,6 +226,10 @@ def create_app(
         assert gw.executor is not None
         return gw.executor
 
+    def recorder() -> UsageRecorder:
+        assert gw.recorder is not None
+        return gw.recorder
+
     def breakers() -> BreakerStore:
         assert gw.breakers is not None
         return gw.breakers
@@ -265,10 +272,7 @@ def create_app(
             payload["messages"] = [{"role": "user", "content": body.message}]
         check_messages(payload["messages"])
         extra = {"session_id": body.session_id}
-        if body.stream:
-            return await stream_response(selector, payload, extra)
-        routed = await executor().complete(selector, payload)
-        return completion_response(routed, extra)
+        return await route_turn(selector, payload, extra, body.session_id, body.stream, False)
 
     async def openai_chat_completions(request: Request) -> Response:
         """OpenAI-compatible chat completions; `X-Session-ID` pins like a session."""
@@ -285,40 +289,70 @@ def create_app(
                 await sessions().pin(session_id, selector)
             else:
                 selector = _usable(pinned)
-        if body.stream:
-            return await stream_response(selector, raw, extra, session_id)
-        routed = await executor().complete(selector, raw)
-        return completion_response(routed, extra, session_id)
+        return await route_turn(selector, raw, extra, session_id, body.stream, True)
 
     def _usable(pinned: str) -> str:
         if router().knows(pinned):
             return pinned
-        logger.warning("session pinned to '{}', which is no longer configured; using '{}'", pinned,
-                       default_selector)  # fmt: skip
+        logger.warning(
+            "session pinned to '{}', which is no longer configured; using '{}'",
+            pinned,
+            default_selector,
+        )
         return default_selector
 
-    def completion_response(routed: Routed, extra: Json, session_id: str | None = None) -> Response:
+    async def route_turn(
+        selector: str,
+        payload: Json,
+        extra: Json,
+        session_id: str | None,
+        stream: bool,
+        echo_session: bool,
+    ) -> Response:
+        """Walk the chain, record the request in the ledger, answer JSON or SSE."""
+        started = time.perf_counter()
+        turn = Turn(payload, request_id_var.get(), session_id, selector, started)
+        try:
+            routed: Routed | RoutedStream = await (
+                executor().open_stream(selector, payload)
+                if stream
+                else executor().complete(selector, payload)
+            )
+        except GatewayError as exc:
+            recorder().failed(
+                exc.attempt_log,
+                status=exc.status,
+                error=exc.code or exc.type,
+                request_id=turn.request_id,
+                session_id=session_id,
+                selector=selector,
+                seconds=time.perf_counter() - started,
+            )
+            raise
+        headers = router_headers(routed.model, routed.attempts, routed.fallback)
+        if echo_session and session_id is not None:
+            headers["X-Session-ID"] = session_id
+        if isinstance(routed, RoutedStream):
+            wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(
+                sse_body(routed, extra, wants_usage, executor(), recorder(), turn),
+                media_type="text/event-stream",
+                headers={**SSE_HEADERS, **headers},
+            )
         body = routed.body
+        recorder().answered(
+            routed,
+            request=payload,
+            request_id=turn.request_id,
+            session_id=session_id,
+            selector=selector,
+            usage=body.get("usage"),
+            chars_out=answer_chars(body),
+            seconds=time.perf_counter() - started,
+        )
         body["model"] = routed.model
         body.update(extra)
-        headers = router_headers(routed.model, routed.attempts, routed.fallback)
-        if session_id is not None:
-            headers["X-Session-ID"] = session_id
         return Response(orjson.dumps(body), headers=headers, media_type=JSON)
-
-    async def stream_response(
-        selector: str, payload: Json, extra: Json, session_id: str | None = None
-    ) -> Response:
-        wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
-        routed = await executor().open_stream(selector, payload)
-        headers = {**SSE_HEADERS, **router_headers(routed.model, routed.attempts, routed.fallback)}
-        if session_id is not None:
-            headers["X-Session-ID"] = session_id
-        return StreamingResponse(
-            sse_body(routed, extra, wants_usage, executor()),
-            media_type="text/event-stream",
-            headers=headers,
-        )
 
     @app.get("/v1/models")
     async def list_models() -> Response:
@@ -393,18 +427,60 @@ def create_app(
     return app
 
 
+@dataclass(slots=True)
+class Turn:
+    """What the ledger needs to know about the request being answered."""
+
+    request: Json
+    request_id: str
+    session_id: str | None
+    selector: str
+    started: float
+
+
 async def sse_body(
-    routed: RoutedStream, extra: Json, wants_usage: bool, executor: ChainExecutor
+    routed: RoutedStream,
+    extra: Json,
+    wants_usage: bool,
+    executor: ChainExecutor,
+    recorder: UsageRecorder,
+    turn: Turn,
 ) -> AsyncIterator[bytes]:
     """Re-emit upstream chunks as SSE; an upstream failure after the first token ends the stream
-    with an error event (and no ``[DONE]``, so clients cannot take it for a complete answer)."""
+    with an error event (and no ``[DONE]``, so clients cannot take it for a complete answer).
+    The ledger record is written before the last event, so a client that saw the end of its
+    stream has its record, whatever happens to the process next."""
+    usage: Json | None = None
+    chars = 0
+    recorded = False
 
     def encode(chunk: Json) -> bytes | None:
+        nonlocal usage, chars
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            chars += len((choice.get("delta") or {}).get("content") or "")
         if not wants_usage and not chunk.get("choices") and chunk.get("usage"):
             return None  # we asked upstream for usage; the client did not
         chunk["model"] = routed.model
         chunk.update(extra)
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    def record(outcome: str | None) -> None:
+        nonlocal recorded
+        if not recorded:
+            recorded = True
+            recorder.answered(
+                routed,
+                request=turn.request,
+                request_id=turn.request_id,
+                session_id=turn.session_id,
+                selector=turn.selector,
+                usage=usage,
+                chars_out=chars,
+                seconds=time.perf_counter() - turn.started,
+                outcome=outcome,
+            )
 
     try:
         for chunk in routed.head:
@@ -413,11 +489,13 @@ async def sse_body(
         async for chunk in routed.rest:
             if (event := encode(chunk)) is not None:
                 yield event
+        record(None)
         yield b"data: [DONE]\n\n"
     except UpstreamError as exc:
         logger.warning("stream from {} broke after the first token: {}", routed.deployment, exc)
         if routed.deployment is not None:
             await executor.stream_broke(routed.deployment)
+        record("interrupted")
         error = envelope(
             f"the upstream stream failed: {type(exc).__name__}",
             "upstream_error",
@@ -425,6 +503,7 @@ async def sse_body(
         )
         yield b"data: " + error + b"\n\n"
     finally:
+        record("cancelled")  # the client went away mid-stream
         await routed.stream.aclose()
 
 

@@ -229,6 +229,30 @@ class Pricing(_Section):
     output_per_mtok: float = Field(0.0, ge=0)
 
 
+class DatabaseSettings(_Section):
+    """Where the usage ledger lives: SQLite (WAL mode) by default, PostgreSQL by URL."""
+
+    # FR_DATABASE_URL; e.g. postgresql+asyncpg://user@host:5432/db. Relative SQLite paths are
+    # relative to the working directory.
+    url: str = Field("sqlite+aiosqlite:///.data/fallback_routing.db", min_length=1)
+
+
+class LedgerSettings(_Section):
+    """The usage ledger: memory buffer -> write-ahead log -> database."""
+
+    enabled: bool = True
+    wal_dir: str = ".data/wal"
+    flush_interval_seconds: float = Field(1.0, gt=0)
+    batch_size: int = Field(500, ge=1)
+    # os.write reaches the kernel before the response does, which survives SIGKILL; fsync also
+    # survives a power cut, at the price of a disk flush per request.
+    fsync: bool = False
+    health_snapshot_seconds: float = Field(60.0, gt=0)
+    # Savings are what the same tokens would have cost on this model.
+    reference_model: str = Field("gpt-4o", min_length=1, max_length=128)
+    reference_pricing: Pricing = Pricing(input_per_mtok=2.5, output_per_mtok=10.0)
+
+
 class ModelSettings(_Section):
     """A client-facing model and its deployments."""
 
@@ -246,6 +270,8 @@ class Settings(_Section):
     upstream: UpstreamSettings = UpstreamSettings()
     sessions: SessionSettings = SessionSettings()
     resilience: ResilienceSettings = ResilienceSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    ledger: LedgerSettings = LedgerSettings()
     models: dict[ModelName, ModelSettings] = Field(min_length=1)
     chains: dict[ModelName, list[str]] = Field(default_factory=dict)
 
@@ -375,6 +401,7 @@ def effective_config(settings: Settings, environ: Mapping[str, str]) -> dict[str
     """The settings as plain data with secrets redacted, for `check-config` and logs."""
     data = settings.model_dump(mode="json", by_alias=True)
     data["redis"]["url"] = redact_url(settings.redis.url)
+    data["database"]["url"] = redact_url(settings.database.url)
     for model in data["models"].values():
         for deployment in model["deployments"]:
             key_env = deployment.get("api_key_env")

@@ -10,7 +10,9 @@ latency, then the gateway's own statistics and breaker states.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import statistics
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -51,7 +53,7 @@ class PhaseResult:
         }
 
 
-def demo_settings(redis_url: str, ports: tuple[int, int], log_dir: str) -> Settings:
+def demo_settings(redis_url: str, ports: tuple[int, int], log_dir: str, data_dir: str) -> Settings:
     """A two-model chain with short breaker waits, so recovery fits in a demo."""
 
     def model(port: int, name: str) -> dict[str, Any]:
@@ -63,6 +65,8 @@ def demo_settings(redis_url: str, ports: tuple[int, int], log_dir: str) -> Setti
         {
             "redis": {"url": redis_url},
             "log": {"dir": log_dir, "requests": False},
+            "database": {"url": f"sqlite+aiosqlite:///{data_dir}/demo.db"},
+            "ledger": {"wal_dir": f"{data_dir}/wal", "flush_interval_seconds": 0.2},
             "models": {
                 "primary": model(ports[0], "primary"),
                 "secondary": model(ports[1], "secondary"),
@@ -123,7 +127,8 @@ async def run_demo(requests: int, concurrency: int, log_dir: str) -> dict[str, A
         await _serve_simulator(secondary, ports[1]),
     ]
     api_port = free_port()
-    app = create_app(demo_settings(redis.url, ports, log_dir), environ={})
+    data_dir = tempfile.mkdtemp(prefix="fr-demo-")
+    app = create_app(demo_settings(redis.url, ports, log_dir, data_dir), environ={})
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=api_port, log_config=None, access_log=False)
     )
@@ -191,6 +196,7 @@ async def run_demo(requests: int, concurrency: int, log_dir: str) -> dict[str, A
         for runner in runners:
             await runner.cleanup()
         redis.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def render(summary: dict[str, Any]) -> str:

@@ -63,6 +63,19 @@ class UpstreamRejected(InvalidRequest):
     code = "upstream_rejected"
 
 
+@dataclass(slots=True)
+class Attempt:
+    """One upstream call, for the ledger and the metrics."""
+
+    deployment: str
+    model: str
+    ok: bool
+    seconds: float
+    status: int = 0  # the upstream's HTTP status when it answered one
+    error: str | None = None  # the UpstreamError class, when it failed
+    counted: bool = False  # whether the breaker counted it as a failure
+
+
 @dataclass(slots=True, kw_only=True)
 class Route:
     """How an answer was obtained: the model, the deployment (none for a tier), the upstream
@@ -72,6 +85,8 @@ class Route:
     deployment: str | None
     attempts: int
     route: str
+    log: list[Attempt] = field(default_factory=list)
+    ttft_seconds: float | None = None
 
     @property
     def fallback(self) -> str:
@@ -103,6 +118,7 @@ class Walk:
     attempts: int = 0
     retries: int = 0
     failures: list[UpstreamError] = field(default_factory=list)
+    log: list[Attempt] = field(default_factory=list)
     deadline_hit: bool = False
     budget_exhausted: bool = False
 
@@ -154,6 +170,7 @@ class ChainExecutor:
         budget: RetryBudget,
         cache: ResponseCache,
         stats: FallbackStatistics,
+        disabled: set[str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
@@ -165,6 +182,7 @@ class ChainExecutor:
         self._budget = budget
         self._cache = cache
         self._stats = stats
+        self._disabled = set() if disabled is None else disabled
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -183,12 +201,23 @@ class ChainExecutor:
             if "cache" in tiers:
                 self._cache.remember(self._cache.key(selector, request), body)
             return Routed(
-                body=body, model=candidate.model, deployment=candidate.provider.name,
-                attempts=walk.attempts, route=route,
-            )  # fmt: skip
+                body=body,
+                model=candidate.model,
+                deployment=candidate.provider.name,
+                attempts=walk.attempts,
+                route=route,
+                log=walk.log,
+            )
         body, route = await self._from_tiers(selector, tiers, request, walk)
         model = str(body.get("model") or route)
-        return Routed(body=body, model=model, deployment=None, attempts=walk.attempts, route=route)
+        return Routed(
+            body=body,
+            model=model,
+            deployment=None,
+            attempts=walk.attempts,
+            route=route,
+            log=walk.log,
+        )
 
     async def open_stream(self, selector: str, request: Json) -> RoutedStream:
         """Answer a streamed request: return once a deployment has produced its first content."""
@@ -196,8 +225,11 @@ class ChainExecutor:
         walk = Walk(deadline=self._clock() + self._settings.deadline_seconds)
         ttft = self._settings.stream_ttft_seconds
 
-        async def call(candidate: Candidate) -> tuple[list[Json], ChunkStream, AsyncIterator[Json]]:
+        async def call(
+            candidate: Candidate,
+        ) -> tuple[list[Json], ChunkStream, AsyncIterator[Json], float]:
             name = candidate.provider.name
+            started = self._clock()
             stream = await candidate.provider.open_stream(request)
             try:
                 rest = aiter(stream)
@@ -209,22 +241,34 @@ class ChainExecutor:
             except BaseException:
                 await stream.aclose()
                 raise
-            return head, stream, rest
+            return head, stream, rest, self._clock() - started
 
         found = await self._walk(selector, walk, call)
         if found is not None:
-            (head, stream, rest), candidate, route = found
+            (head, stream, rest, ttft), candidate, route = found
             return RoutedStream(
-                head=head, stream=stream, rest=rest, model=candidate.model,
-                deployment=candidate.provider.name, attempts=walk.attempts, route=route,
-            )  # fmt: skip
+                head=head,
+                stream=stream,
+                rest=rest,
+                model=candidate.model,
+                deployment=candidate.provider.name,
+                attempts=walk.attempts,
+                route=route,
+                log=walk.log,
+                ttft_seconds=ttft,
+            )
         body, route = await self._from_tiers(selector, tiers, request, walk)
         replay = ReplayedStream()
         return RoutedStream(
-            head=completion_chunks(body), stream=replay, rest=aiter(replay),
-            model=str(body.get("model") or route), deployment=None, attempts=walk.attempts,
+            head=completion_chunks(body),
+            stream=replay,
+            rest=aiter(replay),
+            model=str(body.get("model") or route),
+            deployment=None,
+            attempts=walk.attempts,
             route=route,
-        )  # fmt: skip
+            log=walk.log,
+        )
 
     async def stream_broke(self, deployment: str) -> None:
         """A stream failed after its first token: the breaker and health monitor hear of it."""
@@ -241,7 +285,7 @@ class ChainExecutor:
         self._budget.deposit()
         for index, candidate in enumerate(plan):
             name = candidate.provider.name
-            if not self._health.healthy(name):
+            if name in self._disabled or not self._health.healthy(name):
                 continue
             retries = 0
             while True:
@@ -274,12 +318,27 @@ class ChainExecutor:
                     await self._release(name, probe)  # cancelled: the client went away
                     raise
                 else:
-                    await self._succeeded(name, probe, self._clock() - started)
+                    elapsed = self._clock() - started
+                    slow = await self._succeeded(name, probe, elapsed)
+                    walk.log.append(Attempt(name, candidate.model, True, elapsed, 200, None, slow))
                     route = "primary" if candidate.model == plan[0].model else "fallback"
                     self._stats.served(route, candidate.model, walk.attempts, walk.retries)
                     return result, candidate, route
-                await self._failed(candidate, failure, probe, self._clock() - started)
+                elapsed = self._clock() - started
+                status = failure.status if isinstance(failure, UpstreamHTTPError) else 0
+                walk.log.append(
+                    Attempt(
+                        name,
+                        candidate.model,
+                        False,
+                        elapsed,
+                        status,
+                        type(failure).__name__,
+                        counts_against_breaker(failure),
+                    )
+                )
                 walk.failures.append(failure)
+                await self._failed(candidate, failure, probe, elapsed, walk)
                 if walk.deadline_hit:
                     return None
                 delay = self._retry_delay(failure, retries, plan[index + 1 :], walk)
@@ -298,7 +357,9 @@ class ChainExecutor:
         if not failure.retryable or retries >= retry.max_retries:
             return None
         if any(
-            self._health.healthy(c.provider.name) and self._breakers.usable(c.provider.name)
+            c.provider.name not in self._disabled
+            and self._health.healthy(c.provider.name)
+            and self._breakers.usable(c.provider.name)
             for c in rest
         ):
             return None  # another deployment can take it now: no waiting, no second call here
@@ -320,16 +381,17 @@ class ChainExecutor:
             pause = self._rng.uniform(jitter.min_seconds, jitter.max_seconds)
             await self._sleep(max(0.0, min(pause, walk.deadline - self._clock())))
 
-    async def _succeeded(self, name: str, probe: bool, seconds: float) -> None:
+    async def _succeeded(self, name: str, probe: bool, seconds: float) -> bool:
         slow_after = self._breakers.policy(name).slow_call_seconds
         slow = slow_after is not None and seconds > slow_after
         if slow:
             logger.warning("{} answered in {:.2f}s: counted as a slow call", name, seconds)
         await self._breakers.record(name, Outcome.FAILURE if slow else Outcome.SUCCESS, probe=probe)
         self._health.observe(name, True, seconds)
+        return slow
 
     async def _failed(
-        self, candidate: Candidate, failure: UpstreamError, probe: bool, seconds: float
+        self, candidate: Candidate, failure: UpstreamError, probe: bool, seconds: float, walk: Walk
     ) -> None:
         name = candidate.provider.name
         counted = counts_against_breaker(failure)
@@ -340,9 +402,9 @@ class ChainExecutor:
             self._health.observe(name, False, seconds)
         logger.warning("attempt on {} ({}) failed: {}", name, candidate.model, failure)
         if isinstance(failure, UpstreamHTTPError) and failure.status in CLIENT_FAULT_STATUSES:
-            raise UpstreamRejected(
-                f"{candidate.model} rejected the request: {failure.detail}"
-            ) from failure
+            rejected = UpstreamRejected(f"{candidate.model} rejected the request: {failure.detail}")
+            rejected.attempt_log = walk.log
+            raise rejected from failure
 
     async def _release(self, name: str, probe: bool) -> None:
         if probe:
@@ -399,4 +461,5 @@ class ChainExecutor:
             )
         error.headers["Retry-After"] = "1"
         error.headers["X-Router-Attempts"] = str(walk.attempts)
+        error.attempt_log = walk.log
         return error

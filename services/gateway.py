@@ -7,25 +7,34 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
 from loguru import logger
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services import ledger_db
 from services.breaker_store import BreakerStore
-from services.config import Settings
+from services.config import Settings, redact_url
 from services.executor import ChainExecutor
 from services.fallback_stats import FallbackStatistics
 from services.health_monitor import HealthMonitor
+from services.ledger import DB_ERRORS, Ledger
+from services.ledger_db import make_engine
+from services.metrics import Metrics
 from services.providers.anthropic import AnthropicProvider
 from services.providers.base import Provider
 from services.providers.openai import OpenAIProvider
 from services.redis_connection import async_client
-from services.redis_gate import RedisGate
+from services.redis_gate import REDIS_ERRORS, RedisGate
 from services.response_cache import ResponseCache
 from services.retry_budget import RetryBudget
 from services.router import Router
 from services.sessions import SessionStore
+from services.usage import UsageRecorder
 
 
 def build_providers(
@@ -72,6 +81,13 @@ class Gateway:
     cache: ResponseCache | None = None
     stats: FallbackStatistics | None = None
     sessions: SessionStore | None = None
+    engine: AsyncEngine | None = None
+    ledger: Ledger | None = None
+    recorder: UsageRecorder | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    # Deployments an operator switched off (POST /api/llm/providers/{name}/enable): shared with
+    # the executor, refreshed from Redis by every process.
+    disabled: set[str] = field(default_factory=set)
     draining: bool = False
     _owns_redis: bool = field(default=False, repr=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
@@ -121,6 +137,7 @@ class Gateway:
             ),
             cache=self.cache,
             stats=self.stats,
+            disabled=self.disabled,
         )
         self.sessions = SessionStore(
             self.redis,
@@ -132,14 +149,22 @@ class Gateway:
         if not await self.gate.check():
             logger.warning("Redis is not reachable at start: serving fail-open until it is")
         await self.breakers.sync()
+        if settings.ledger.enabled:
+            await self._start_ledger()
+        self.recorder = UsageRecorder(settings, self.ledger, self.metrics)
+        await self.refresh_disabled()
         interval = resilience.sync_interval_seconds
-        for loop in (
+        loops = [
             self.gate.watch(),
             self.breakers.run(interval),
             self.stats.run(interval),
             self.cache.run(),
             self.health.run(),
-        ):
+            self._housekeeping(interval),
+        ]
+        if self.ledger is not None:
+            loops.append(self.ledger.run())
+        for loop in loops:
             self._tasks.append(asyncio.create_task(loop))
         logger.info(
             "gateway ready: {} models, {} chains, {} deployments",
@@ -148,12 +173,138 @@ class Gateway:
             len(deployments),
         )
 
+    async def _start_ledger(self) -> None:
+        """Open the database (migrated to head), register the deployments, replay dead WALs."""
+        settings = self.settings
+        self.engine = make_engine(settings.database.url)
+        wal_dir = Path(settings.ledger.wal_dir)
+        self.ledger = Ledger(
+            self.engine,
+            wal_dir,
+            flush_interval=settings.ledger.flush_interval_seconds,
+            batch_size=settings.ledger.batch_size,
+            fsync=settings.ledger.fsync,
+        )
+        self.ledger.start()  # the WAL first: requests can be recorded even if the DB is down
+        try:
+            await ledger_db.migrate(self.engine, wal_dir)
+            await ledger_db.sync_providers(self.engine, self._registry_rows())
+            replayed = await self.ledger.replay()
+        except DB_ERRORS as exc:
+            self.ledger.db_ok = False
+            logger.error(
+                "ledger database unavailable at start ({}): records wait in the WAL",
+                type(exc).__name__,
+            )
+        else:
+            logger.info(
+                "ledger ready at {} ({} records replayed)",
+                redact_url(settings.database.url),
+                replayed,
+            )
+
+    def _registry_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for priority, (model, name, deployment) in enumerate(self.settings.deployments()):
+            policy = self.settings.breaker_policy(deployment)
+            rows.append(
+                {
+                    "name": name,
+                    "model": model,
+                    "kind": deployment.provider,
+                    "priority": priority,
+                    "local": self.settings.models[model].local,
+                    "breaker": policy.model_dump(),
+                }
+            )
+        return rows
+
+    async def set_enabled(self, name: str, enabled: bool) -> None:
+        """Switch a deployment on or off: database (the record), Redis (every process), here."""
+        if self.engine is not None:
+            await ledger_db.set_enabled(self.engine, name, enabled)
+        (self.disabled.discard if enabled else self.disabled.add)(name)
+        if self.redis is not None and self.gate is not None and self.gate.available:
+            key = self.settings.redis.key_prefix + "disabled"
+            try:
+                await (self.redis.srem(key, name) if enabled else self.redis.sadd(key, name))
+            except REDIS_ERRORS as exc:
+                self.gate.mark_down(exc)
+        logger.warning(
+            "deployment {} {} by an operator", name, "enabled" if enabled else "disabled"
+        )
+
+    async def refresh_disabled(self) -> None:
+        """Take the operators' switches from Redis (or, at start, from the database)."""
+        fresh: set[str] | None = None
+        if self.redis is not None and self.gate is not None and self.gate.available:
+            key = self.settings.redis.key_prefix + "disabled"
+            try:
+                if self.engine is not None and not await self.redis.exists(key):
+                    names = await ledger_db.disabled_providers(self.engine)
+                    if names:
+                        await self.redis.sadd(key, *names)
+                fresh = {str(n) for n in await self.redis.smembers(key)}
+            except REDIS_ERRORS as exc:
+                self.gate.mark_down(exc)
+            except DB_ERRORS:
+                pass
+        if fresh is not None and fresh != self.disabled:
+            self.disabled.clear()
+            self.disabled.update(fresh)
+
+    async def _housekeeping(self, interval: float) -> None:
+        """Operator switches, gauges and health snapshots, on the sync interval."""
+        last_snapshot = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            await self.refresh_disabled()
+            assert self.breakers is not None
+            for name in self.breakers.names:
+                self.metrics.breaker(name, self.breakers.state(name).state)
+            if self.ledger is not None:
+                self.metrics.buffer_len.set(len(self.ledger.buffer))
+                self.metrics.wal_size.set(self.ledger.wal_size_bytes)
+                if loop.time() - last_snapshot >= self.settings.ledger.health_snapshot_seconds:
+                    last_snapshot = loop.time()
+                    await self._snapshot_health()
+
+    async def _snapshot_health(self) -> None:
+        assert self.breakers is not None
+        assert self.health is not None
+        assert self.engine is not None
+        now = datetime.now(UTC)
+        rows = []
+        for name in self.breakers.names:
+            summary = self.health.summary(name)
+            latency = summary["latency_ms"] or {}
+            rows.append(
+                {
+                    "ts": now,
+                    "deployment": name,
+                    "breaker_state": self.breakers.state(name).state,
+                    "healthy": summary["healthy"],
+                    "success_rate": summary["success_rate"],
+                    "p50_ms": latency.get("p50"),
+                    "p95_ms": latency.get("p95"),
+                }
+            )
+        try:
+            await ledger_db.insert_health(self.engine, rows)
+        except DB_ERRORS as exc:
+            logger.warning("health snapshot not stored ({})", type(exc).__name__)
+
     async def close(self) -> None:
-        """Stop the loops, write what is pending to Redis, close what `start` opened."""
+        """Stop the loops, flush the ledger, write what is pending to Redis, close clients."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.ledger is not None:
+            await self.ledger.close()
+        if self.engine is not None:
+            await self.engine.dispose()
         for flush in (
             self.cache.flush if self.cache else None,
             self.stats.flush if self.stats else None,

@@ -123,6 +123,9 @@ def settings_for(
         "models": models,
         "chains": chains or {},
         "sessions": {"default_selector": next(iter(chains or models))},
+        # Each test gateway has its own ledger database and WAL directory.
+        "database": {"url": f"sqlite+aiosqlite:///{log_dir.parent / 'ledger.db'}"},
+        "ledger": {"wal_dir": str(log_dir.parent / "wal"), "flush_interval_seconds": 0.2},
     }
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value}
@@ -133,9 +136,18 @@ def openai_model(url: str, upstream: str = "sim", **extra: Any) -> dict[str, Any
     return {"deployments": [{"provider": "openai", "base_url": url, "model": upstream, **extra}]}
 
 
+def isolated_ledger_env(directory: Path) -> dict[str, str]:
+    """FR_ variables giving a process its own ledger database and WAL under `directory`."""
+    return {
+        "FR_DATABASE_URL": f"sqlite+aiosqlite:///{directory / 'ledger.db'}",
+        "FR_LEDGER_WAL_DIR": str(directory / "wal"),
+    }
+
+
 def api_process(config: Path, env: Mapping[str, str], port: int) -> subprocess.Popen[bytes]:
-    """`main.py api` as a real process."""
+    """`main.py api` as a real process (its ledger next to the config unless `env` says)."""
     return subprocess.Popen(
         [sys.executable, MAIN, "api", "--config", str(config), "--port", str(port)],
-        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, **isolated_ledger_env(config.parent), **env},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip

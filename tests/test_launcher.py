@@ -15,7 +15,7 @@ import yaml
 
 from services.config import DEFAULT_CONFIG_PATH
 from services.redis_connection import free_port
-from tests.helpers import MAIN, http, wait_until
+from tests.helpers import MAIN, http, isolated_ledger_env, wait_until
 
 
 def _descendants(pid: int) -> set[int]:
@@ -65,6 +65,7 @@ def _start_all(tmp_path: Path, path_env: str) -> tuple[subprocess.Popen[bytes], 
         "PATH": path_env,
         "FR_CONFIG": str(config),
         "FR_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing answers: embedded Redis
+        **isolated_ledger_env(tmp_path),
     }
     proc = subprocess.Popen([sys.executable, MAIN, "all"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip

@@ -41,6 +41,8 @@ def resilient_config(redis_url: str, log_dir: Path, primary: SimProcess, seconda
     config: dict[str, Any] = {
         "redis": {"url": redis_url, "socket_timeout_seconds": 0.3},
         "log": {"dir": str(log_dir)},
+        "database": {"url": f"sqlite+aiosqlite:///{log_dir.parent / 'ledger.db'}"},
+        "ledger": {"wal_dir": str(log_dir.parent / "wal")},
         "models": {
             "primary": openai_model(primary.openai_url, "primary-upstream", timeout_seconds=0.5),
             "secondary": openai_model(secondary.openai_url, "secondary-upstream"),

@@ -1,0 +1,236 @@
+"""The usage ledger: every request and upstream attempt, recorded without ever losing one.
+
+    append(records) --os.write--> WAL file (this process's own) --+--> memory buffer
+                                                                   |
+    flush (every flush_interval_seconds, or at batch_size):        v
+        rename the WAL file aside, open a fresh one, take the buffer,
+        INSERT ... ON CONFLICT DO NOTHING in one transaction, then delete the renamed file.
+
+`append` runs on the request path before the response is sent, so a record is in the kernel
+before its client has its answer: a SIGKILL after that loses nothing (`ledger.fsync` adds
+power-cut safety). Because the buffer and the WAL file are appended together on the event loop,
+the renamed file holds exactly the records taken from the buffer. If the database is down the
+batch goes back to the buffer and its file stays until a later commit covers it.
+
+On start, every WAL file in `wal_dir` that no live process holds (each process keeps an flock on
+its own) is replayed and deleted: the same idempotent insert makes a second replay harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from loguru import logger
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services import ledger_db
+
+DB_ERRORS = (SQLAlchemyError, OSError, asyncio.TimeoutError)
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    """One request, upstream attempt or externally reported usage."""
+
+    kind: str  # request | attempt | external
+    request_id: str
+    model: str
+    status: int
+    outcome: str  # ok | error | cache | degraded | failed
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_nanousd: int = 0
+    duration_ms: float = 0.0
+    ttft_ms: float | None = None
+    session_id: str | None = None
+    original_model: str | None = None
+    deployment: str | None = None
+    provider: str | None = None
+    error: str | None = None
+    fallback: bool = False
+    local: bool = False
+    estimated: bool = False
+    ts: float = field(default_factory=time.time)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def to_row(self) -> dict[str, Any]:
+        """The database row (UTC timestamp and day)."""
+        row = asdict(self)
+        when = datetime.fromtimestamp(self.ts, UTC)
+        row["ts"], row["day"] = when, when.date()
+        return row
+
+
+def encode(records: list[UsageRecord]) -> bytes:
+    """WAL lines: one JSON object per record."""
+    return b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_DATACLASS) + b"\n" for r in records)
+
+
+def decode(raw: bytes, source: Path) -> list[UsageRecord]:
+    """Records from WAL bytes; a torn line (a power cut mid-write) is skipped with a warning."""
+    out = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append(UsageRecord(**orjson.loads(line)))
+        except (orjson.JSONDecodeError, TypeError):
+            logger.warning("skipping unreadable line {} of {}", number, source)
+    return out
+
+
+class Ledger:
+    """Buffer, write-ahead log and flusher of one process."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        wal_dir: Path,
+        *,
+        flush_interval: float = 1.0,
+        batch_size: int = 500,
+        fsync: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._engine = engine
+        self._dir = wal_dir
+        self._flush_interval = flush_interval
+        self._batch_size = batch_size
+        self._fsync = fsync
+        self._clock = clock
+        self.buffer: list[UsageRecord] = []
+        self._aside: list[Path] = []  # renamed WAL files whose records are not committed yet
+        self._fd = -1
+        self._path = Path()
+        self._seq = 0
+        self._wake = asyncio.Event()
+        self.last_flush_ms: float | None = None
+        self.last_db_write: datetime | None = None
+        self.db_ok = True
+        self.recorded = 0
+
+    # -- the request path ----------------------------------------------------------------------
+
+    def append(self, records: list[UsageRecord]) -> None:
+        """Write records to the WAL (one write) and the buffer; wake the flusher when full."""
+        data = encode(records)
+        written = 0
+        while written < len(data):
+            written += os.write(self._fd, data[written:])
+        if self._fsync:
+            os.fsync(self._fd)
+        self.buffer.extend(records)
+        self.recorded += len(records)
+        if len(self.buffer) >= self._batch_size:
+            self._wake.set()
+
+    @property
+    def wal_size_bytes(self) -> int:
+        """Bytes in this process's WAL files not yet committed."""
+        total = 0
+        for path in (*self._aside, self._path):
+            with contextlib.suppress(OSError):
+                total += path.stat().st_size
+        return total
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open this process's WAL file (locked while it lives); `replay` once the schema is up."""
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._open_wal()
+
+    async def close(self) -> None:
+        """Flush what is buffered; the WAL file goes only if the flush committed."""
+        await self.flush()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            if not self.buffer and not self._aside:
+                with contextlib.suppress(FileNotFoundError):
+                    self._path.unlink()
+
+    async def run(self) -> None:
+        """Flush every interval, or sooner when the buffer fills."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._flush_interval)
+            self._wake.clear()
+            await self.flush()
+
+    # -- flushing ------------------------------------------------------------------------------
+
+    async def flush(self) -> int:
+        """Commit the buffer; the WAL is truncated (its file deleted) only after the commit."""
+        if not self.buffer:
+            return 0
+        batch, self.buffer = self.buffer, []
+        self._rotate()
+        started = self._clock()
+        try:
+            await ledger_db.insert_records(self._engine, [r.to_row() for r in batch])
+        except DB_ERRORS as exc:
+            if self.db_ok:
+                logger.error(
+                    "ledger flush failed ({}); {} records kept in the WAL and retried",
+                    type(exc).__name__,
+                    len(batch),
+                )
+            self.db_ok = False
+            self.buffer = batch + self.buffer
+            return 0
+        self.db_ok = True
+        self.last_flush_ms = round((self._clock() - started) * 1000, 1)
+        self.last_db_write = datetime.now(UTC)
+        for path in self._aside:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self._aside.clear()
+        return len(batch)
+
+    async def replay(self) -> int:
+        """Insert the records of every unowned WAL file in the directory, then delete it."""
+        added = 0
+        for path in sorted(self._dir.glob("wal-*")):
+            if path == self._path or path in self._aside:
+                continue
+            try:
+                handle = path.open("rb")
+            except FileNotFoundError:
+                continue  # another process replayed it first
+            with handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live process owns it
+                found = decode(handle.read(), path)
+                added += await ledger_db.insert_records(self._engine, [r.to_row() for r in found])
+                path.unlink(missing_ok=True)
+                logger.info("replayed {} ({} records, {} new)", path.name, len(found), added)
+        return added
+
+    def _open_wal(self) -> None:
+        self._seq += 1
+        self._path = self._dir / f"wal-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        # Held for the life of the file: replay skips files a live process holds.
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def _rotate(self) -> None:
+        aside = self._path.with_suffix(f".{self._seq}.flushing")
+        os.rename(self._path, aside)
+        os.close(self._fd)
+        self._aside.append(aside)
+        self._open_wal()
