@@ -130,6 +130,16 @@ def api(
 
     settings, _, path = _load(config)
     os.environ["FR_CONFIG"] = str(path)  # the workers' app factory reads it
+    worker_count = workers or settings.api.workers
+    if worker_count > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Several workers share their metrics through files here (set before any worker
+        # imports prometheus_client); a fresh directory per run, so no stale values.
+        import shutil
+
+        metrics_dir = Path(settings.log.dir) / "prometheus"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
     configure_logging("api_server", settings.log)
     intercept_stdlib_logging(settings.log.level)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler
@@ -141,7 +151,7 @@ def api(
         factory=True,
         host=host or settings.api.host,
         port=port or settings.api.port,
-        workers=workers or settings.api.workers,
+        workers=worker_count,
         loop="uvloop",
         http="httptools",
         access_log=False,  # the gateway logs one line per request itself, with its id

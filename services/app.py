@@ -25,7 +25,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
-from services import __version__
+from services import __version__, ledger_db
 from services.admin_api import resilience_routes
 from services.breaker_store import BreakerStore
 from services.config import Settings, load_settings
@@ -40,6 +40,7 @@ from services.errors import (
 )
 from services.executor import ChainExecutor, Routed, RoutedStream
 from services.gateway import Gateway
+from services.llm_api import llm_routes
 from services.logs import AccessLog, configure_logging, secret_values
 from services.middleware import RequestContextMiddleware
 from services.providers.base import Json
@@ -252,6 +253,7 @@ def create_app(
         selector = known_selector(body.model) if body.model else default_selector
         session_id = body.session_id or new_request_id() + new_request_id()
         await sessions().pin(session_id, selector)
+        gw.metrics.sessions.inc()
         return json_response(
             {"session_id": session_id, "model": selector, "expires_in": sessions().ttl_seconds}
         )
@@ -390,26 +392,47 @@ def create_app(
 
     @app.get("/health")
     async def health() -> Response:
-        """Status, Redis, each deployment's breaker state, and the models and chains."""
+        """The seed format (SPEC §9): breaker state per provider, Redis, the ledger; plus the
+        models and chains."""
         redis_ok = await gw.redis_ok()
+        board = breakers()
+        ledger = gw.ledger
+        db_ok = await ledger_db.ping(gw.engine) if gw.engine is not None else False
         models = {
             name: {"deployments": len(m.deployments), "local": m.local}
             for name, m in settings.models.items()
         }
-        board = breakers()
+        last_write = ledger.last_db_write if ledger is not None else None
         return json_response(
             {
-                "status": "ok" if redis_ok else "degraded",
-                "version": __version__,
-                "redis_ok": redis_ok,
-                "mode": "shared" if redis_ok else "fail-open",
+                "status": "ok" if redis_ok and (db_ok or ledger is None) else "degraded",
                 "providers": {name: board.state(name).state for name in board.names},
+                "redis_ok": redis_ok,
+                "db_ok": db_ok,
+                "buffer_len": len(ledger.buffer) if ledger is not None else 0,
+                "last_flush_ms": ledger.last_flush_ms if ledger is not None else None,
+                "wal_size_bytes": ledger.wal_size_bytes if ledger is not None else 0,
+                "last_db_write": last_write.strftime("%Y-%m-%dT%H:%M:%SZ") if last_write else None,
+                "version": __version__,
+                "mode": "shared" if redis_ok else "fail-open",
+                "ledger": "on" if ledger is not None else "off",
                 "models": models,
                 "chains": settings.chains,
             }
         )
 
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus exposition, merged over every worker process."""
+        if gw.ledger is not None:
+            gw.metrics.buffer_len.set(len(gw.ledger.buffer))
+            gw.metrics.wal_size.set(gw.ledger.wal_size_bytes)
+        for name in breakers().names:
+            gw.metrics.breaker(name, breakers().state(name).state)
+        return Response(gw.metrics.render(), media_type=gw.metrics.content_type)
+
     app.include_router(resilience_routes(gw))
+    app.include_router(llm_routes(gw))
 
     # The request path is served by plain Starlette routes: FastAPI's per-route wrapper (dependency
     # solving, exit stacks, response validation) cost ~20% of throughput in bench/run.py, and these
