@@ -114,9 +114,10 @@ def resilience_routes(gw: Gateway) -> APIRouter:
                 "deployments": [
                     {
                         "name": d,
+                        "enabled": d not in gw.disabled,
                         "breaker": board.state(d).state,
                         "healthy": health.healthy(d),
-                        "usable": health.healthy(d) and board.usable(d),
+                        "usable": d not in gw.disabled and health.healthy(d) and board.usable(d),
                     }
                     for d in by_model[name]
                 ],

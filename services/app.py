@@ -409,7 +409,7 @@ def create_app(
                 "providers": {name: board.state(name).state for name in board.names},
                 "redis_ok": redis_ok,
                 "db_ok": db_ok,
-                "buffer_len": len(ledger.buffer) if ledger is not None else 0,
+                "buffer_len": ledger.pending if ledger is not None else 0,
                 "last_flush_ms": ledger.last_flush_ms if ledger is not None else None,
                 "wal_size_bytes": ledger.wal_size_bytes if ledger is not None else 0,
                 "last_db_write": last_write.strftime("%Y-%m-%dT%H:%M:%SZ") if last_write else None,
@@ -425,7 +425,7 @@ def create_app(
     async def metrics() -> Response:
         """Prometheus exposition, merged over every worker process."""
         if gw.ledger is not None:
-            gw.metrics.buffer_len.set(len(gw.ledger.buffer))
+            gw.metrics.buffer_len.set(gw.ledger.pending)
             gw.metrics.wal_size.set(gw.ledger.wal_size_bytes)
         for name in breakers().names:
             gw.metrics.breaker(name, breakers().state(name).state)

@@ -264,7 +264,7 @@ class Gateway:
             for name in self.breakers.names:
                 self.metrics.breaker(name, self.breakers.state(name).state)
             if self.ledger is not None:
-                self.metrics.buffer_len.set(len(self.ledger.buffer))
+                self.metrics.buffer_len.set(self.ledger.pending)
                 self.metrics.wal_size.set(self.ledger.wal_size_bytes)
                 if loop.time() - last_snapshot >= self.settings.ledger.health_snapshot_seconds:
                     last_snapshot = loop.time()

@@ -111,6 +111,7 @@ class Ledger:
         self._fsync = fsync
         self._clock = clock
         self.buffer: list[UsageRecord] = []
+        self._inflight = 0  # records taken by a flush whose commit has not finished
         self._aside: list[Path] = []  # renamed WAL files whose records are not committed yet
         self._fd = -1
         self._path = Path()
@@ -135,6 +136,11 @@ class Ledger:
         self.recorded += len(records)
         if len(self.buffer) >= self._batch_size:
             self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        """Records not committed yet: buffered, or in a flush still running."""
+        return len(self.buffer) + self._inflight
 
     @property
     def wal_size_bytes(self) -> int:
@@ -179,6 +185,7 @@ class Ledger:
         batch, self.buffer = self.buffer, []
         self._rotate()
         started = self._clock()
+        self._inflight = len(batch)
         try:
             await ledger_db.insert_records(self._engine, [r.to_row() for r in batch])
         except DB_ERRORS as exc:
@@ -191,6 +198,8 @@ class Ledger:
             self.db_ok = False
             self.buffer = batch + self.buffer
             return 0
+        finally:
+            self._inflight = 0
         self.db_ok = True
         self.last_flush_ms = round((self._clock() - started) * 1000, 1)
         self.last_db_write = datetime.now(UTC)

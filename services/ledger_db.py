@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
@@ -232,7 +233,7 @@ async def provider_rows(engine: AsyncEngine) -> list[dict[str, Any]]:
     """The provider registry, by priority."""
     async with engine.connect() as conn:
         result = await conn.execute(sa.select(providers).order_by(providers.c.priority))
-        return [dict(row._mapping) for row in result]
+        return [_plain(row) for row in result]
 
 
 async def disabled_providers(engine: AsyncEngine) -> set[str]:
@@ -247,6 +248,16 @@ async def insert_health(engine: AsyncEngine, rows: Sequence[dict[str, Any]]) -> 
     if rows:
         async with engine.begin() as conn:
             await conn.execute(health_snapshots.insert(), list(rows))
+
+
+def _plain(row: Any) -> dict[str, Any]:
+    """A result row as a plain dict: str keys (SQLAlchemy's are a str subclass orjson refuses),
+    and PostgreSQL's Decimal sums as int (or float)."""
+    out = {str(key): value for key, value in row._mapping.items()}
+    for key, value in out.items():
+        if isinstance(value, Decimal):
+            out[key] = int(value) if value == value.to_integral_value() else float(value)
+    return out
 
 
 def since(days: int, now: datetime | None = None) -> date:
@@ -279,7 +290,7 @@ async def usage_by_provider(
     if provider is not None:
         query = query.where(r.deployment == provider)
     async with engine.connect() as conn:
-        return [dict(row._mapping) for row in await conn.execute(query)]
+        return [_plain(row) for row in await conn.execute(query)]
 
 
 async def daily(engine: AsyncEngine, days: int) -> list[dict[str, Any]]:
@@ -289,7 +300,7 @@ async def daily(engine: AsyncEngine, days: int) -> list[dict[str, Any]]:
         sa.select(daily_costs).where(d.day >= since(days)).order_by(d.day, d.deployment, d.model)
     )
     async with engine.connect() as conn:
-        return [dict(row._mapping) for row in await conn.execute(query)]
+        return [_plain(row) for row in await conn.execute(query)]
 
 
 async def last_write(engine: AsyncEngine) -> datetime | None:

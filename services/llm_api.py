@@ -266,7 +266,7 @@ def llm_routes(gw: Gateway) -> APIRouter:
                 "enabled": True,
                 "db_ok": db_ok,
                 "database": make_url(settings.database.url).get_backend_name(),
-                "buffer_len": len(ledger.buffer),
+                "buffer_len": ledger.pending,
                 "wal_size_bytes": ledger.wal_size_bytes,
                 "last_flush_ms": ledger.last_flush_ms,
                 "last_db_write": ledger.last_db_write.isoformat() if ledger.last_db_write else None,

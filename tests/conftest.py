@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
+import asyncpg
 import pytest
 import redis
 
@@ -91,3 +95,34 @@ def closing() -> Iterator[ExitStack]:
     """Closes what a test opens (SDK clients), so no socket outlives its test."""
     with ExitStack() as stack:
         yield stack
+
+
+POSTGRES_ADMIN = os.environ.get("FR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _postgres(statement: str) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(POSTGRES_ADMIN, timeout=3)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty ledger database: a SQLite file, or a new PostgreSQL database (dropped
+    after the test; skipped with the reason when no PostgreSQL answers at FR_TEST_POSTGRES)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+        return
+    name = f"fr_test_{uuid.uuid4().hex[:12]}"
+    try:
+        _postgres(f"CREATE DATABASE {name}")
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        pytest.skip(f"no PostgreSQL reachable at {POSTGRES_ADMIN}: {exc}")
+    base = POSTGRES_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    yield f"{base}/{name}"
+    _postgres(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
