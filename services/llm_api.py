@@ -14,6 +14,7 @@ that is the unit with its own breaker, pricing and registry row.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -271,6 +272,7 @@ def llm_routes(gw: Gateway) -> APIRouter:
                 "last_flush_ms": ledger.last_flush_ms,
                 "last_db_write": ledger.last_db_write.isoformat() if ledger.last_db_write else None,
                 "recorded_by_this_process": ledger.recorded,
+                "pid": os.getpid(),
             },
             200 if db_ok else 503,
         )

@@ -118,12 +118,10 @@ class Metrics:
 
     def usage(self, model: str, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
         """Tokens and cost of one answer."""
-        if tokens_in:
-            self._child(self.tokens, model, "input").inc(tokens_in)
-        if tokens_out:
-            self._child(self.tokens, model, "output").inc(tokens_out)
-        if cost_usd:
-            self._child(self.cost, model).inc(cost_usd)
+        # Incremented even by zero, so that every model answering appears in the exposition.
+        self._child(self.tokens, model, "input").inc(tokens_in)
+        self._child(self.tokens, model, "output").inc(tokens_out)
+        self._child(self.cost, model).inc(cost_usd)
 
     def breaker(self, name: str, state: str) -> None:
         """A breaker's current state, as this process sees it."""

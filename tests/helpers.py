@@ -144,10 +144,13 @@ def isolated_ledger_env(directory: Path) -> dict[str, str]:
     }
 
 
-def api_process(config: Path, env: Mapping[str, str], port: int) -> subprocess.Popen[bytes]:
+def api_process(
+    config: Path, env: Mapping[str, str], port: int, workers: int = 1
+) -> subprocess.Popen[bytes]:
     """`main.py api` as a real process (its ledger next to the config unless `env` says)."""
     return subprocess.Popen(
-        [sys.executable, MAIN, "api", "--config", str(config), "--port", str(port)],
+        [sys.executable, MAIN, "api", "--config", str(config), "--port", str(port),
+         "--workers", str(workers)],
         env={**os.environ, **isolated_ledger_env(config.parent), **env},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip

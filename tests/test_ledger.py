@@ -114,7 +114,7 @@ async def test_database_down_keeps_records_until_it_returns(
     await dead.dispose()
     alive = make_engine(database_url)
     await migrate(alive, tmp_path / "lock")
-    ledger._engine = alive  # the database came back  # noqa: SLF001
+    ledger._engine = alive  # the database came back
     assert await ledger.flush() == 2
     assert await count(alive) == 2 and ledger.wal_size_bytes == 0
     await ledger.close()
