@@ -222,6 +222,12 @@ def main() -> None:
         "breaker-open: the same dead primary with default breaker settings (it opens during "
         "the warm-up, so requests skip it)",
     )
+    parser.add_argument(
+        "--ledger",
+        choices=["on", "off"],
+        default="on",
+        help="record every request in the usage ledger (SQLite in the bench's temp dir) or not",
+    )
     args = parser.parse_args()
     ensure_tools()
     workdir = Path(tempfile.mkdtemp(prefix="fr-bench-"))
@@ -233,7 +239,14 @@ def main() -> None:
         direct = f"http://127.0.0.1:{upstream_port}/v1"
         primary = direct if args.scenario == "healthy" else f"http://127.0.0.1:{free_port()}/v1"
         config = write_config(workdir, upstream_port, api_port, primary, args.scenario)
-        env = {**os.environ, "FR_REDIS_URL": redis.url, "FR_CONFIG": str(config)}
+        env = {
+            **os.environ,
+            "FR_REDIS_URL": redis.url,
+            "FR_CONFIG": str(config),
+            "FR_LEDGER_ENABLED": "true" if args.ledger == "on" else "false",
+            "FR_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'ledger.db'}",
+            "FR_LEDGER_WAL_DIR": str(workdir / "wal"),
+        }
         api = subprocess.Popen(
             [sys.executable, str(ROOT / "main.py"), "api", "--workers", "1"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -268,8 +281,8 @@ def main() -> None:
         results = {key: median_run(r) for key, r in runs.items()}
         rss = rss_mb(api.pid)
         print(
-            f"scenario: {args.scenario}; median of {args.repeats} runs of {args.duration}s; "
-            f"one gateway worker; {os.cpu_count()} cores"
+            f"scenario: {args.scenario}; ledger {args.ledger}; median of {args.repeats} runs of "
+            f"{args.duration}s; one gateway worker; {os.cpu_count()} cores"
         )
         print(
             "| path | concurrency | requests/s | p50 ms | p99 ms | errors | worker CPU µs/request |"

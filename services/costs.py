@@ -17,6 +17,8 @@ NANO_PER_USD = 1_000_000_000
 
 def cost_nanousd(pricing: Pricing, tokens_in: int, tokens_out: int) -> int:
     """The cost of one call in nano-dollars (rounded half-even to a whole nano-dollar)."""
+    if not pricing.input_per_mtok and not pricing.output_per_mtok:
+        return 0  # local models: no Decimal arithmetic on the request path
     exact = (
         Decimal(str(pricing.input_per_mtok)) * tokens_in
         + Decimal(str(pricing.output_per_mtok)) * tokens_out

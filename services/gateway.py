@@ -190,6 +190,9 @@ class Gateway:
             await ledger_db.migrate(self.engine, wal_dir)
             await ledger_db.sync_providers(self.engine, self._registry_rows())
             replayed = await self.ledger.replay()
+            self.ledger.last_db_write = self.ledger.last_db_write or await ledger_db.last_write(
+                self.engine
+            )
         except DB_ERRORS as exc:
             self.ledger.db_ok = False
             logger.error(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -46,11 +47,11 @@ records = sa.Table(
     metadata,
     sa.Column("id", sa.String(32), primary_key=True),
     sa.Column("kind", sa.String(16), nullable=False),  # request | attempt | external
-    sa.Column("request_id", sa.String(64), nullable=False, index=True),
+    sa.Column("request_id", sa.String(64), nullable=False),
     sa.Column("session_id", sa.String(128)),
     sa.Column("model", sa.String(128), nullable=False),
     sa.Column("original_model", sa.String(128)),
-    sa.Column("deployment", sa.String(128), index=True),
+    sa.Column("deployment", sa.String(128)),
     sa.Column("provider", sa.String(32)),
     sa.Column("status", sa.Integer, nullable=False),
     sa.Column("outcome", sa.String(16), nullable=False),
@@ -63,8 +64,13 @@ records = sa.Table(
     sa.Column("fallback", sa.Boolean, nullable=False),
     sa.Column("local", sa.Boolean, nullable=False),
     sa.Column("estimated", sa.Boolean, nullable=False),
-    sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
-    sa.Column("day", sa.Date, nullable=False, index=True),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("day", sa.Date, nullable=False),
+    # No secondary index: every index is paid for by every request. Ids start with their
+    # millisecond timestamp (services/ledger.py `record_id`), so the primary key answers time
+    # ranges; on SQLite the table is clustered by it (one B-tree insert per record).
+    sqlite_with_rowid=False,
 )
 
 health_snapshots = sa.Table(
@@ -118,6 +124,7 @@ def make_engine(url: str) -> AsyncEngine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.execute("PRAGMA cache_size=-32768")  # 32 MiB of page cache
             cursor.close()
 
     return engine
@@ -163,12 +170,10 @@ async def insert_records(engine: AsyncEngine, rows: Sequence[dict[str, Any]]) ->
         return 0
     async with engine.begin() as conn:
         dialect = conn.dialect.name
-        stmt = _insert(dialect, records).on_conflict_do_nothing(index_elements=["id"])
-        result = await conn.execute(stmt.returning(records.c.id), list(rows))
-        new_ids = {row[0] for row in result}
+        new_rows = await _insert_new(conn, rows)
         totals: dict[tuple[date, str, str], list[int]] = {}
-        for row in rows:
-            if row["id"] in new_ids and row["kind"] in BILLED_KINDS:
+        for row in new_rows:
+            if row["kind"] in BILLED_KINDS:
                 key = (row["day"], row["deployment"] or "", row["model"])
                 t = totals.setdefault(key, [0, 0, 0, 0])
                 t[0] += 1
@@ -199,7 +204,59 @@ async def insert_records(engine: AsyncEngine, rows: Sequence[dict[str, Any]]) ->
                     for (d, dep, m), t in totals.items()
                 ],
             )
-        return len(new_ids)
+        return len(new_rows)
+
+
+RECORD_COLUMNS = tuple(c.name for c in records.columns)
+_TS, _DAY = RECORD_COLUMNS.index("ts"), RECORD_COLUMNS.index("day")
+# Rows per multi-row INSERT: 400 x 22 parameters stays under SQLite's 32,766 limit.
+SQLITE_CHUNK = 400
+
+
+@functools.cache
+def _sqlite_insert(rows: int) -> str:
+    """INSERT OR IGNORE of `rows` rows in one statement (built from the table's own column
+    names, never from input)."""
+    group = f"({', '.join('?' * len(RECORD_COLUMNS))})"
+    columns = ", ".join(RECORD_COLUMNS)
+    return f"INSERT OR IGNORE INTO llm_records ({columns}) VALUES {', '.join([group] * rows)}"  # noqa: S608
+
+
+def _sqlite_params(row: dict[str, Any]) -> tuple[Any, ...]:
+    # What SQLAlchemy's SQLite types would store: datetimes and dates as text, bools as 0/1
+    # (sqlite3 stores a Python bool as an integer already).
+    values = [row[c] for c in RECORD_COLUMNS]
+    values[_TS] = values[_TS].strftime("%Y-%m-%d %H:%M:%S.%f")
+    values[_DAY] = values[_DAY].isoformat()
+    return tuple(values)
+
+
+async def _insert_new(conn: Any, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Insert the rows not stored yet; answer those that were new.
+
+    The common case on SQLite (every row new: a regular flush) is a few multi-row INSERTs at
+    the driver level. One statement per 400 rows, rather than one step per row, matters beyond
+    its own cost: the sqlite3 module drops and retakes the GIL around every step, and each
+    handover stalled the event loop thread (bench/RESULTS.md). When some row already existed (a
+    replay, or a retry after a commit whose answer was lost), that attempt is rolled back to its
+    savepoint and SQLAlchemy's RETURNING path says which rows are new.
+    """
+    if conn.dialect.name == "sqlite":
+        savepoint = await conn.begin_nested()
+        inserted = 0
+        for start in range(0, len(rows), SQLITE_CHUNK):
+            chunk = rows[start : start + SQLITE_CHUNK]
+            params = tuple(value for row in chunk for value in _sqlite_params(row))
+            result = await conn.exec_driver_sql(_sqlite_insert(len(chunk)), params)
+            inserted += result.rowcount
+        if inserted == len(rows):
+            await savepoint.commit()
+            return list(rows)
+        await savepoint.rollback()
+    stmt = _insert(conn.dialect.name, records).on_conflict_do_nothing(index_elements=["id"])
+    result = await conn.execute(stmt.returning(records.c.id), list(rows))
+    new_ids = {row[0] for row in result}
+    return [row for row in rows if row["id"] in new_ids]
 
 
 async def sync_providers(engine: AsyncEngine, rows: Iterable[dict[str, Any]]) -> None:
@@ -260,6 +317,14 @@ def _plain(row: Any) -> dict[str, Any]:
     return out
 
 
+def window_start_id(days: int, now: datetime | None = None) -> str:
+    """The smallest record id of the window: ids begin with their millisecond timestamp in 12
+    hex digits, so a range on the primary key selects a time window."""
+    day = since(days, now)
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return f"{int(start.timestamp() * 1000):012x}"
+
+
 def since(days: int, now: datetime | None = None) -> date:
     """The first UTC day of a `days`-day window ending today (days=1: today only)."""
     return (now or datetime.now(UTC)).date() - timedelta(days=days - 1)
@@ -271,6 +336,10 @@ async def usage_by_provider(
     """Per deployment over the window: requests, failures, tokens, cost, latency, local flag."""
     r = records.c
     ok = sa.case((r.outcome == "ok", 1), else_=0)
+    # A request answered by its first call has no attempt row of its own (services/usage.py).
+    implicit = sa.case(
+        ((r.kind == "request") & (r.attempts == 1) & (r.outcome == "ok"), 1), else_=0
+    )
     query = (
         sa.select(
             r.deployment,
@@ -278,13 +347,14 @@ async def usage_by_provider(
             r.local,
             sa.func.count().label("calls"),
             sa.func.sum(ok).label("ok"),
+            sa.func.sum(implicit).label("implicit_attempts"),
             sa.func.sum(r.tokens_in).label("tokens_in"),
             sa.func.sum(r.tokens_out).label("tokens_out"),
             sa.func.sum(r.cost_nanousd).label("cost_nanousd"),
             sa.func.avg(r.duration_ms).label("avg_ms"),
             sa.func.avg(r.ttft_ms).label("avg_ttft_ms"),
         )
-        .where(r.day >= since(days))
+        .where(r.id >= window_start_id(days))
         .group_by(r.deployment, r.kind, r.local)
     )
     if provider is not None:
@@ -304,9 +374,10 @@ async def daily(engine: AsyncEngine, days: int) -> list[dict[str, Any]]:
 
 
 async def last_write(engine: AsyncEngine) -> datetime | None:
-    """When the newest record happened."""
+    """When the newest record happened (what /health says before this process has flushed)."""
     async with engine.connect() as conn:
-        value = (await conn.execute(sa.select(sa.func.max(records.c.ts)))).scalar()
+        newest = sa.select(records.c.ts).order_by(records.c.id.desc()).limit(1)
+        value = (await conn.execute(newest)).scalar()
     if isinstance(value, datetime) and value.tzinfo is None:
         value = value.replace(tzinfo=UTC)  # SQLite keeps no zone; we only ever write UTC
     return value if isinstance(value, datetime) else None

@@ -32,7 +32,7 @@ from services.config import MODEL_NAME_RE
 from services.costs import cost_nanousd, savings, usd
 from services.errors import GatewayError, InvalidRequest, NotFound
 from services.gateway import Gateway
-from services.ledger import UsageRecord
+from services.ledger import UsageRecord, record_id
 
 Days = Annotated[int, Query(ge=1, le=3650, description="Window in UTC days, today included.")]
 
@@ -137,6 +137,7 @@ def llm_routes(gw: Gateway) -> APIRouter:
                 entry["failed_attempts"] += row["calls"] - row["ok"]
                 entry["avg_attempt_ms"] = round(row["avg_ms"] or 0, 2)
             else:
+                entry["attempts"] += row["implicit_attempts"] or 0
                 entry["requests"] += row["calls"]
                 entry["tokens_in"] += row["tokens_in"] or 0
                 entry["tokens_out"] += row["tokens_out"] or 0
@@ -244,6 +245,7 @@ def llm_routes(gw: Gateway) -> APIRouter:
             tokens_in=usage.tokens_in, tokens_out=usage.tokens_out, cost_nanousd=cost,
             duration_ms=usage.duration_ms, deployment=usage.provider, provider="external",
             local=usage.local or bool(model and model.local), ts=when.timestamp(),
+            id=record_id(when.timestamp()),  # ids carry their time: window queries use them
         )  # fmt: skip
         gw.ledger.append([entry])
         return _json({"recorded": True, "id": entry.id, "cost_usd": usd(cost)}, 201)

@@ -114,9 +114,13 @@ class UsageRecorder:
                 request_id=request_id,
                 session_id=session_id,
                 original_model=selector,
+                attempts=len(route.log),
             )
         ]
-        rows += self._attempts(route.log, ids, tokens_in, tokens_out, cost, estimated)
+        # One successful call: the request row already says everything about it (deployment,
+        # status, duration, tokens), so the common case writes one row, not two.
+        implied = len(route.log) == 1 and route.log[0].ok
+        rows += self._attempts(route.log, ids, tokens_in, tokens_out, cost, estimated, implied)
         self._metrics.request(route.model, tier, seconds, route.ttft_seconds)
         self._metrics.usage(route.model, tokens_in, tokens_out, usd(cost))
         if self._ledger is not None:
@@ -144,6 +148,7 @@ class UsageRecorder:
                 error=error,
                 duration_ms=seconds * 1000,
                 fallback=bool(log),
+                attempts=len(log),
                 request_id=request_id,
                 session_id=session_id,
                 original_model=selector,
@@ -162,12 +167,16 @@ class UsageRecorder:
         tokens_out: int,
         cost: int,
         estimated: bool,
+        implied: bool = False,
     ) -> list[UsageRecord]:
-        rows = []
+        """Count every attempt in the metrics; answer their rows (none when `implied`)."""
+        rows: list[UsageRecord] = []
         for attempt in log:
             self._metrics.attempt(
                 attempt.deployment, attempt.model, "ok" if attempt.ok else "error", attempt.counted
             )
+            if implied:
+                continue
             rows.append(
                 UsageRecord(
                     kind="attempt",

@@ -112,10 +112,14 @@ def test_routed_requests_are_recorded_with_their_attempts(
     body = {"model": "default", "messages": [{"role": "user", "content": "hi there"}]}
     status, headers, _ = http("POST", llm.base + "/v1/chat/completions", body)
     assert status == 200
+    primary.reset()  # answered at the first attempt: one row that is request and attempt at once
+    assert http("POST", llm.base + "/v1/chat/completions", body)[0] == 200
     wait_until(lambda: flushed(llm.base), what="ledger flush")
     status, usage = get(llm.base, "/api/llm/metrics?days=1")
     assert status == 200
     assert usage["providers"]["remote:0"]["failed_attempts"] == 1
+    assert usage["providers"]["remote:0"]["attempts"] == 2
+    assert usage["providers"]["remote:0"]["requests"] == 1
     assert usage["providers"]["local:0"]["requests"] == 1
     assert usage["providers"]["local:0"]["tokens_in"] == 5  # the simulator counts words + 3
     status, one = get(llm.base, "/api/llm/metrics?days=1&provider=local:0")

@@ -42,7 +42,9 @@ def samples(base: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 def total(
     found: dict[str, list[tuple[dict[str, str], float]]], metric: str, **labels: str
 ) -> float:
-    return sum(v for got, v in found.get(metric, []) if all(got.get(k) == x for k, x in labels.items()))
+    return sum(
+        v for got, v in found.get(metric, []) if all(got.get(k) == x for k, x in labels.items())
+    )
 
 
 def test_every_spec_metric_is_exposed(gateway: GatewayServer, primary: SimProcess) -> None:

@@ -1,0 +1,110 @@
+"""Ledger on versus off, measured side by side: two gateways, runs interleaved.
+
+    .venv/bin/python bench/ledger_compare.py [--duration 5] [--repeats 5] [--concurrency 50]
+
+Starts nginx (the canned upstream), a private redis-server and TWO gateways with one worker each,
+identical but for `ledger.enabled`, then alternates wrk runs between them so that drift on a
+shared VM hits both alike. Prints the median requests/s of each and their ratio (the issue's
+target: ledger on >= 90 % of off), plus worker CPU per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import (
+    ROOT,
+    WRK_SCRIPT,
+    cpu_seconds,
+    ensure_tools,
+    start_nginx,
+    wait_http,
+    write_config,
+    wrk,
+)
+
+from services.redis_connection import free_port, start_redis_server
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, default=50)
+    args = parser.parse_args()
+    ensure_tools()
+    workdir = Path(tempfile.mkdtemp(prefix="fr-ledger-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    redis = start_redis_server()
+    try:
+        upstream = free_port()
+        procs.append(start_nginx(workdir, upstream))
+        script = workdir / "post.lua"
+        script.write_text(WRK_SCRIPT)
+        gateways: dict[str, tuple[str, str, int]] = {}
+        for label, enabled in (("ledger on", "true"), ("ledger off", "false")):
+            port = free_port()
+            home = workdir / label.replace(" ", "-")
+            home.mkdir()
+            config = write_config(
+                home, upstream, port, f"http://127.0.0.1:{upstream}/v1", "healthy"
+            )
+            env = {**os.environ, "FR_REDIS_URL": redis.url, "FR_CONFIG": str(config),
+                   "FR_LEDGER_ENABLED": enabled,
+                   "FR_DATABASE_URL": f"sqlite+aiosqlite:///{home / 'ledger.db'}",
+                   "FR_LEDGER_WAL_DIR": str(home / "wal")}  # fmt: skip
+            argv = [sys.executable, str(ROOT / "main.py"), "api"]
+            api = subprocess.Popen(
+                argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            procs.append(api)
+            base = f"http://127.0.0.1:{port}"
+            wait_http(base + "/livez")
+            req = urllib.request.Request(base + "/initiate_call", data=b"{}", method="POST")
+            with urllib.request.urlopen(req) as resp:
+                session = json.load(resp)["session_id"]
+            body = json.dumps({"session_id": session, "message": "Hello!"})
+            wrk(base + "/chat_completions", body, 10, 2, script)  # warm up
+            gateways[label] = (base, body, api.pid)
+        runs: dict[str, list[dict[str, float]]] = {label: [] for label in gateways}
+        for _ in range(args.repeats):
+            for label, (base, body, pid) in gateways.items():
+                before = cpu_seconds(pid)
+                run = wrk(base + "/chat_completions", body, args.concurrency, args.duration, script)
+                run["cpu_us"] = (cpu_seconds(pid) - before) / run["requests"] * 1e6
+                runs[label].append(run)
+        print(f"median of {args.repeats} interleaved runs of {args.duration}s at concurrency "
+              f"{args.concurrency}; one worker each; {os.cpu_count()} cores")  # fmt: skip
+        print("| gateway | requests/s (median) | runs | worker CPU µs/request | errors |")
+        print("|---|---|---|---|---|")
+        medians = {}
+        for label, rs in runs.items():
+            medians[label] = statistics.median(r["rps"] for r in rs)
+            cpu = statistics.median(r["cpu_us"] for r in rs)
+            each = ", ".join(f"{r['rps']:.0f}" for r in rs)
+            errors = sum(r["errors"] + r["non2xx"] for r in rs)
+            print(f"| {label} | {medians[label]:.0f} | {each} | {cpu:.0f} | {errors:.0f} |")
+        print(f"ledger on / off: {medians['ledger on'] / medians['ledger off']:.1%}")
+    finally:
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(15)
+        redis.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
