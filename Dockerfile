@@ -11,7 +11,8 @@ RUN uv sync --frozen --no-dev --no-install-project
 COPY main.py ./
 COPY services ./services
 COPY config ./config
-RUN mkdir -p /app/.logs && chown -R gateway /app/.logs
+COPY migrations ./migrations
+RUN mkdir -p /app/.logs /app/.data && chown -R gateway /app/.logs /app/.data
 USER gateway
 ENV PATH=/app/.venv/bin:$PATH FR_API_HOST=0.0.0.0
 EXPOSE 8000

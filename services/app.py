@@ -41,7 +41,7 @@ from services.errors import (
 from services.executor import ChainExecutor, Routed, RoutedStream
 from services.gateway import Gateway
 from services.llm_api import llm_routes
-from services.logs import AccessLog, configure_logging, secret_values
+from services.logs import AccessLog, configure_logging, intercept_stdlib_logging, secret_values
 from services.middleware import RequestContextMiddleware
 from services.providers.base import Json
 from services.request_context import new_request_id, request_id_var
@@ -568,6 +568,8 @@ def app_from_env() -> FastAPI:
     settings = load_settings(environ=environ)
     key_envs = [d.api_key_env for m in settings.models.values() for d in m.deployments]
     sink = configure_logging("api_server", settings.log, secrets=secret_values(key_envs, environ))
+    # Worker processes (--workers > 1) are spawned fresh: route uvicorn's own logging here too.
+    intercept_stdlib_logging(settings.log.level)
     access_log = (
         AccessLog(sink, json_lines=settings.log.json_lines) if settings.log.requests else None
     )

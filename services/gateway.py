@@ -165,7 +165,9 @@ class Gateway:
         if self.ledger is not None:
             loops.append(self.ledger.run())
         for loop in loops:
-            self._tasks.append(asyncio.create_task(loop))
+            self._tasks.append(
+                asyncio.create_task(loop, name=getattr(loop, "__qualname__", "loop"))
+            )
         logger.info(
             "gateway ready: {} models, {} chains, {} deployments",
             len(settings.models),
@@ -302,7 +304,12 @@ class Gateway:
         """Stop the loops, flush the ledger, write what is pending to Redis, close clients."""
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Bounded: a loop that does not end on cancellation must not hold the process hostage
+        # (a worker once hung here under load; the names and stacks say which loop it was).
+        _, stuck = await asyncio.wait(self._tasks, timeout=5) if self._tasks else (set(), set())
+        for task in stuck:
+            logger.error("background loop {} did not stop on cancellation: {}", task.get_name(),
+                         "; ".join(str(frame) for frame in task.get_stack()))  # fmt: skip
         self._tasks.clear()
         if self.ledger is not None:
             await self.ledger.close()

@@ -186,8 +186,13 @@ class Ledger:
     async def run(self) -> None:
         """Flush every interval, or sooner when the buffer fills."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._flush_interval)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that races its timeout, and this loop then outlived shutdown (seen with 2 workers).
+            try:
+                async with asyncio.timeout(self._flush_interval):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
             self._wake.clear()
             await self.flush()
 

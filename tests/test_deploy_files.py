@@ -47,3 +47,13 @@ def test_docker_compose_accepts_the_file() -> None:
     if result.returncode != 0 and "unknown shorthand flag" in result.stderr:
         pytest.skip("docker client has no compose plugin")
     assert result.returncode == 0, result.stderr
+
+
+def test_image_carries_what_the_api_reads_at_run_time() -> None:
+    """The Dockerfile copies the migrations (run at start) and gives the ledger a writable home,
+    which compose keeps in a volume."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for needed in ("COPY services", "COPY config", "COPY migrations", "/app/.data"):
+        assert needed in dockerfile, needed
+    assert "data:/app/.data" in " ".join(COMPOSE["x-gateway"]["volumes"])
+    assert "data" in COMPOSE["volumes"]
