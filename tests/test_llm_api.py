@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
+import sqlalchemy as sa
 
 from services.app import create_app
 from services.config import Settings
+from services.ledger_db import make_engine, records
 from tests.helpers import GatewayServer, SimProcess, http, openai_model, wait_until
 
 
@@ -225,3 +229,35 @@ def test_bad_enable_requests(llm: GatewayServer) -> None:
         http("POST", llm.base + "/api/llm/providers/remote:0/enable", {"enabled": "no"})[0] == 422
     )
     assert http("POST", llm.base + "/api/llm/providers/remote:0/enable", {})[0] == 422
+
+
+def test_streamed_answer_records_upstream_usage_and_ttft(
+    llm: GatewayServer, database_url: str
+) -> None:
+    """A stream's record carries the usage of its final chunk (not an estimate) and its TTFT."""
+    body = {"model": "default", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with httpx.stream("POST", llm.base + "/v1/chat/completions", json=body) as resp:
+        request_id = resp.headers["x-request-id"]
+        events = [line for line in resp.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    assert not any('"usage"' in e for e in events)  # asked for upstream, hidden from the client
+    wait_until(lambda: flushed(llm.base), what="ledger flush")
+
+    async def row() -> Any:
+        engine = make_engine(database_url)
+        try:
+            async with engine.connect() as conn:
+                query = sa.select(records).where(records.c.request_id == request_id)
+                return (await conn.execute(query)).one()
+        finally:
+            await engine.dispose()
+
+    found = asyncio.run(row())
+    assert (found.kind, found.model, found.estimated, found.attempts) == (
+        "request",
+        "remote",
+        False,
+        1,
+    )
+    assert found.tokens_in == 4 and found.tokens_out > 0 and found.ttft_ms is not None
+    assert found.cost_nanousd == found.tokens_in * 150 + found.tokens_out * 600
