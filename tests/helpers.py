@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+import yaml
 from fastapi import FastAPI
 
 from services.config import Settings
@@ -134,6 +135,23 @@ def settings_for(
 
 def openai_model(url: str, upstream: str = "sim", **extra: Any) -> dict[str, Any]:
     return {"deployments": [{"provider": "openai", "base_url": url, "model": upstream, **extra}]}
+
+
+def single_model_config(
+    tmp_path: Path, redis_url: str, upstream: SimProcess, **sections: Any
+) -> Path:
+    """A config file for `main.py api`: one model `primary` on `upstream`, no active probes."""
+    config: dict[str, Any] = {
+        "redis": {"url": redis_url},
+        "log": {"dir": str(tmp_path / "logs")},
+        "models": {"primary": openai_model(upstream.openai_url, "p")},
+        "sessions": {"default_selector": "primary"},
+        "resilience": {"health": {"enabled": False}},
+        **sections,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 def isolated_ledger_env(directory: Path) -> dict[str, str]:

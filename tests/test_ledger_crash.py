@@ -10,11 +10,10 @@ from http.client import HTTPException
 from pathlib import Path
 
 import sqlalchemy as sa
-import yaml
 
 from services.ledger_db import make_engine, records
 from services.redis_connection import free_port
-from tests.helpers import SimProcess, api_process, healthy, http, openai_model, wait_until
+from tests.helpers import SimProcess, api_process, healthy, http, single_model_config, wait_until
 
 
 async def recorded_request_ids(database_url: str) -> list[str]:
@@ -34,16 +33,9 @@ def test_sigkill_loses_no_answered_request(
 ) -> None:
     """Kill -9 the API while 8 clients talk to it; after a restart the ledger has a record for
     every answer a client received (the replayed WAL), and no record twice."""
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "redis": {"url": redis_url},
-        "log": {"dir": str(tmp_path / "logs")},
-        "models": {"primary": openai_model(primary.openai_url, "p")},
-        "sessions": {"default_selector": "primary"},
-        # A long interval: at the kill most answered records exist only in the WAL.
-        "ledger": {"flush_interval_seconds": 30, "batch_size": 100000},
-        "resilience": {"health": {"enabled": False}},
-    }))  # fmt: skip
+    # A long flush interval: at the kill most answered records exist only in the WAL.
+    ledger = {"flush_interval_seconds": 30, "batch_size": 100000}
+    config = single_model_config(tmp_path, redis_url, primary, ledger=ledger)
     env = {"FR_DATABASE_URL": database_url, "FR_LEDGER_WAL_DIR": str(tmp_path / "wal")}
     port = free_port()
     proc = api_process(config, env, port)

@@ -6,7 +6,6 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.redis_connection import free_port
@@ -16,7 +15,7 @@ from tests.helpers import (
     api_process,
     healthy,
     http,
-    openai_model,
+    single_model_config,
     wait_until,
 )
 
@@ -67,14 +66,7 @@ def test_every_spec_metric_is_exposed(gateway: GatewayServer, primary: SimProces
 
 def test_two_workers_add_up(redis_url: str, primary: SimProcess, tmp_path: Path) -> None:
     """With --workers 2 the counters on /metrics are the sum over both processes."""
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "redis": {"url": redis_url},
-        "log": {"dir": str(tmp_path / "logs")},
-        "models": {"primary": openai_model(primary.openai_url, "p")},
-        "sessions": {"default_selector": "primary"},
-        "resilience": {"health": {"enabled": False}},
-    }))  # fmt: skip
+    config = single_model_config(tmp_path, redis_url, primary)
     port = free_port()
     proc = api_process(config, {}, port, workers=2)
     base = f"http://127.0.0.1:{port}"
