@@ -47,7 +47,6 @@ class ResponseCache:
         self._clock = clock
         self._queued: dict[str, bytes] = {}
         self._recent: dict[str, float] = {}
-        self.hits = self.misses = self.writes = 0
 
     def key(self, selector: str, request: Json) -> str:
         """The cache key of a request routed by `selector`."""
@@ -71,23 +70,19 @@ class ResponseCache:
 
     async def lookup(self, key: str) -> Json | None:
         """The cached answer, or None (also when Redis is down or the entry is unreadable)."""
-        queued = self._queued.get(key)
-        raw: Any = queued
+        raw: Any = self._queued.get(key)  # not flushed yet: answer from memory
         if raw is None and self._gate.available:
             try:
                 raw = await self._redis.get(key)
             except REDIS_ERRORS as exc:
                 self._gate.mark_down(exc)
         if raw is None:
-            self.misses += 1
             return None
         try:
             value = orjson.loads(raw)
         except orjson.JSONDecodeError:
             logger.warning("unreadable cache entry {}; ignoring it", key)
-            self.misses += 1
             return None
-        self.hits += 1
         return value if isinstance(value, dict) else None
 
     async def flush(self) -> int:
@@ -104,7 +99,6 @@ class ResponseCache:
             self._gate.mark_down(exc)
             self._queued = {**batch, **self._queued}
             return 0
-        self.writes += len(batch)
         return len(batch)
 
     async def run(self) -> None:
