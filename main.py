@@ -1,4 +1,4 @@
-"""Fallback Routing launcher: `python main.py all|api|redis|simulate|demo|check-config`."""
+"""Fallback Routing launcher: `python main.py all|api|redis|ledger|simulate|demo|check-config`."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def run_all(config: ConfigOption = None) -> None:
     elif redis_server_available():
         port = free_port()
         redis_url = f"redis://127.0.0.1:{port}/0"
-        supervisor.add(ChildSpec("redis-server", redis_server_argv(port)))
+        supervisor.add(ChildSpec("redis-server", redis_server_argv(port), stop_last=True))
         if not wait_until_answers(redis_url, 10):
             supervisor.stop()
             raise typer.Exit(1)
@@ -91,6 +91,8 @@ def run_all(config: ConfigOption = None) -> None:
         logger.info(fake.describe())
 
     child_env = {**environ, "FR_CONFIG": str(path), "FR_REDIS_URL": redis_url}
+    if settings.ledger.writer == "auto":
+        child_env["FR_LEDGER_WRITER"] = "external"  # the writer is started below
     me = [sys.executable, str(ROOT / "main.py")]
     for model, model_settings in settings.models.items():
         for index, deployment in enumerate(model_settings.deployments):
@@ -102,6 +104,9 @@ def run_all(config: ConfigOption = None) -> None:
                     )
                 )
     supervisor.add(ChildSpec("api", [*me, "api"], child_env))
+    if settings.ledger.enabled and settings.ledger.writer != "inline":
+        # auto or external: the API only appends, this writer does the database work.
+        supervisor.add(ChildSpec("ledger-writer", [*me, "ledger"], child_env, stop_last=True))
     supervisor.add(ChildSpec("redis-health", [*me, "redis", "--watch"], child_env))
     logger.info(
         "serving on http://{}:{} — Ctrl-C stops everything", settings.api.host, settings.api.port
@@ -197,6 +202,42 @@ def redis(
         stop=stop,
         report=report,
     )
+
+
+@cli.command()
+def ledger(config: ConfigOption = None) -> None:
+    """Run the external ledger writer: insert the API's sealed WAL files into the database.
+
+    For `ledger.writer: external`; `main.py all` starts it (and, with `auto`, switches its API to
+    external). Log: .logs/ledger_writer.log."""
+    import asyncio
+
+    from services.ledger_db import make_engine
+    from services.ledger_writer import LedgerWriter
+    from services.logs import configure_logging
+
+    settings, _, _ = _load(config)
+    configure_logging("ledger_writer", settings.log)
+    if settings.ledger.writer == "inline":
+        from loguru import logger
+
+        logger.warning("ledger.writer is 'inline': the API processes write the database "
+                       "themselves; this writer only ingests orphaned WAL files")  # fmt: skip
+
+    async def serve() -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        engine = make_engine(settings.database.url)
+        writer = LedgerWriter(engine, Path(settings.ledger.wal_dir),
+                              interval=settings.ledger.flush_interval_seconds)  # fmt: skip
+        try:
+            await writer.run(stopping)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(serve())
 
 
 @cli.command()

@@ -396,26 +396,28 @@ def create_app(
         models and chains."""
         redis_ok = await gw.redis_ok()
         board = breakers()
-        ledger = gw.ledger
+        ledger = gw.ledger_state()
         db_ok = await ledger_db.ping(gw.engine) if gw.engine is not None else False
         models = {
             name: {"deployments": len(m.deployments), "local": m.local}
             for name, m in settings.models.items()
         }
         last_write = ledger.last_db_write if ledger is not None else None
+        ledger_ok = ledger is None or (db_ok and ledger.writer != "missing")
         return json_response(
             {
-                "status": "ok" if redis_ok and (db_ok or ledger is None) else "degraded",
+                "status": "ok" if redis_ok and ledger_ok else "degraded",
                 "providers": {name: board.state(name).state for name in board.names},
                 "redis_ok": redis_ok,
                 "db_ok": db_ok,
-                "buffer_len": ledger.pending if ledger is not None else 0,
+                "buffer_len": ledger.buffer_len if ledger is not None else 0,
                 "last_flush_ms": ledger.last_flush_ms if ledger is not None else None,
                 "wal_size_bytes": ledger.wal_size_bytes if ledger is not None else 0,
                 "last_db_write": last_write.strftime("%Y-%m-%dT%H:%M:%SZ") if last_write else None,
                 "version": __version__,
                 "mode": "shared" if redis_ok else "fail-open",
-                "ledger": "on" if ledger is not None else "off",
+                "ledger": "off" if ledger is None else "on",
+                "ledger_writer": ledger.writer if ledger is not None else None,
                 "models": models,
                 "chains": settings.chains,
             }

@@ -244,6 +244,11 @@ class LedgerSettings(_Section):
     wal_dir: str = ".data/wal"
     flush_interval_seconds: float = Field(1.0, gt=0)
     batch_size: int = Field(500, ge=1)
+    # inline: each API process inserts its own batches. external: API processes only append and
+    # seal WAL files, and `main.py ledger` inserts them, which keeps the insert's CPU off the
+    # request path (docs/ledger.md); it needs that writer running. auto: external under
+    # `main.py all` (which runs the writer), inline for a standalone `main.py api`.
+    writer: Literal["auto", "inline", "external"] = "auto"
     # os.write reaches the kernel before the response does, which survives SIGKILL; fsync also
     # survives a power cut, at the price of a disk flush per request.
     fsync: bool = False

@@ -5,6 +5,7 @@ session store, and the background loops that keep them in step with Redis."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from services.fallback_stats import FallbackStatistics
 from services.health_monitor import HealthMonitor
 from services.ledger import DB_ERRORS, Ledger
 from services.ledger_db import make_engine
+from services.ledger_writer import read_status
 from services.metrics import Metrics
 from services.providers.anthropic import AnthropicProvider
 from services.providers.base import Provider
@@ -63,6 +65,17 @@ def build_providers(
         )
         providers.setdefault(model, []).append(adapter)
     return providers
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerState:
+    """The ledger as the health endpoints report it."""
+
+    buffer_len: int
+    wal_size_bytes: int
+    last_flush_ms: float | None
+    last_db_write: datetime | None
+    writer: str  # inline | running | missing (an external writer's heartbeat is stale)
 
 
 @dataclass
@@ -186,6 +199,7 @@ class Gateway:
             flush_interval=settings.ledger.flush_interval_seconds,
             batch_size=settings.ledger.batch_size,
             fsync=settings.ledger.fsync,
+            writes_database=settings.ledger.writer != "external",  # auto alone: inline
         )
         self.ledger.start()  # the WAL first: requests can be recorded even if the DB is down
         try:
@@ -207,6 +221,27 @@ class Gateway:
                 redact_url(settings.database.url),
                 replayed,
             )
+
+    def ledger_state(self) -> LedgerState | None:
+        """What `/health` and `/api/llm/health` say of the ledger; None when it is off.
+
+        With an external writer the flush timings and the last write are the writer's, read
+        from its status file."""
+        ledger = self.ledger
+        if ledger is None:
+            return None
+        if ledger.writes_database:
+            return LedgerState(ledger.pending, ledger.wal_size_bytes, ledger.last_flush_ms,
+                               ledger.last_db_write, "inline")  # fmt: skip
+        status = read_status(Path(self.settings.ledger.wal_dir))
+        alive = status is not None and status.alive(time.time())
+        return LedgerState(
+            ledger.pending,
+            ledger.wal_size_bytes,
+            status.last_flush_ms if status else None,
+            (status.last_db_write_at if status else None) or ledger.last_db_write,
+            "running" if alive else "missing",
+        )
 
     def _registry_rows(self) -> list[dict[str, Any]]:
         rows = []

@@ -14,6 +14,11 @@ batch goes back to the buffer and its file stays until a later commit covers it.
 
 On start, every WAL file in `wal_dir` that no live process holds (each process keeps an flock on
 its own) is replayed and deleted: the same idempotent insert makes a second replay harmless.
+
+With `ledger.writer: external` the flush does not touch the database: it *seals* the WAL file
+(closes it, renamed `*.sealed`) and a separate process (`main.py ledger`, services/ledger_writer.py)
+ingests sealed and orphaned files with the same replay. The API process then only appends and
+renames, and the insert's CPU and GIL time are spent elsewhere.
 """
 
 from __future__ import annotations
@@ -106,6 +111,37 @@ def decode(raw: bytes, source: Path) -> list[UsageRecord]:
     return out
 
 
+SEALED = ".sealed"
+
+
+async def ingest_unowned(
+    engine: AsyncEngine, wal_dir: Path, *, skip: set[Path] | None = None, quiet: bool = False
+) -> tuple[int, int]:
+    """Insert the records of every WAL file in `wal_dir` that no live process holds, deleting
+    each after its commit; (records read, records new). Sealed files are unowned by design."""
+    read = added = 0
+    # A listing of a handful of local files; not worth a thread hop.
+    for path in sorted(wal_dir.glob("wal-*")):  # noqa: ASYNC240
+        if skip and path in skip:
+            continue
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:
+            continue  # another process ingested it first
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live process owns it
+            found = decode(handle.read(), path)
+            new = await ledger_db.insert_records(engine, [r.to_row() for r in found])
+            path.unlink(missing_ok=True)
+        read, added = read + len(found), added + new
+        if not quiet or new != len(found):
+            logger.info("ingested {} ({} records, {} new)", path.name, len(found), new)
+    return read, added
+
+
 class Ledger:
     """Buffer, write-ahead log and flusher of one process."""
 
@@ -117,6 +153,7 @@ class Ledger:
         flush_interval: float = 1.0,
         batch_size: int = 500,
         fsync: bool = False,
+        writes_database: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._engine = engine
@@ -124,6 +161,7 @@ class Ledger:
         self._flush_interval = flush_interval
         self._batch_size = batch_size
         self._fsync = fsync
+        self.writes_database = writes_database
         self._clock = clock
         self.buffer: list[UsageRecord] = []
         self._inflight = 0  # records taken by a flush whose commit has not finished
@@ -159,9 +197,11 @@ class Ledger:
 
     @property
     def wal_size_bytes(self) -> int:
-        """Bytes in this process's WAL files not yet committed."""
+        """Bytes not yet committed: this process's WAL files; with an external writer, every WAL
+        file in the directory (sealed files wait for the writer, whoever wrote them)."""
+        paths = self._dir.glob("wal-*") if not self.writes_database else (*self._aside, self._path)
         total = 0
-        for path in (*self._aside, self._path):
+        for path in paths:
             with contextlib.suppress(OSError):
                 total += path.stat().st_size
         return total
@@ -174,7 +214,8 @@ class Ledger:
         self._open_wal()
 
     async def close(self) -> None:
-        """Flush what is buffered; the WAL file goes only if the flush committed."""
+        """Flush what is buffered; the WAL file goes only if the flush committed (with an external
+        writer: the last file is sealed for it)."""
         await self.flush()
         if self._fd >= 0:
             os.close(self._fd)
@@ -199,11 +240,17 @@ class Ledger:
     # -- flushing ------------------------------------------------------------------------------
 
     async def flush(self) -> int:
-        """Commit the buffer; the WAL is truncated (its file deleted) only after the commit."""
+        """Commit the buffer; the WAL is truncated (its file deleted) only after the commit.
+
+        With an external writer: seal the WAL file for it instead (no database work here)."""
         if not self.buffer:
             return 0
         batch, self.buffer = self.buffer, []
-        self._rotate()
+        if not self.writes_database:
+            self._rotate(SEALED)
+            self._aside.clear()  # the writer owns sealed files now
+            return len(batch)
+        self._rotate(".flushing")
         started = self._clock()
         self._inflight = len(batch)
         try:
@@ -231,23 +278,7 @@ class Ledger:
 
     async def replay(self) -> int:
         """Insert the records of every unowned WAL file in the directory, then delete it."""
-        added = 0
-        for path in sorted(self._dir.glob("wal-*")):
-            if path == self._path or path in self._aside:
-                continue
-            try:
-                handle = path.open("rb")
-            except FileNotFoundError:
-                continue  # another process replayed it first
-            with handle:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a live process owns it
-                found = decode(handle.read(), path)
-                added += await ledger_db.insert_records(self._engine, [r.to_row() for r in found])
-                path.unlink(missing_ok=True)
-                logger.info("replayed {} ({} records, {} new)", path.name, len(found), added)
+        _, added = await ingest_unowned(self._engine, self._dir, skip={self._path, *self._aside})
         return added
 
     def _open_wal(self) -> None:
@@ -257,8 +288,8 @@ class Ledger:
         # Held for the life of the file: replay skips files a live process holds.
         fcntl.flock(self._fd, fcntl.LOCK_EX)
 
-    def _rotate(self) -> None:
-        aside = self._path.with_suffix(f".{self._seq}.flushing")
+    def _rotate(self, suffix: str) -> None:
+        aside = self._path.with_suffix(f".{self._seq}{suffix}")
         os.rename(self._path, aside)
         os.close(self._fd)
         self._aside.append(aside)

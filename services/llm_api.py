@@ -260,8 +260,8 @@ def llm_routes(gw: Gateway) -> APIRouter:
     @routes.get("/health")
     async def health() -> Response:
         """The ledger: database reachable, buffer, WAL, last flush and last write."""
-        ledger = gw.ledger
-        if ledger is None or gw.engine is None:
+        ledger = gw.ledger_state()
+        if ledger is None or gw.engine is None or gw.ledger is None:
             return _json({"enabled": False})
         db_ok = await ledger_db.ping(gw.engine)
         return _json(
@@ -269,11 +269,12 @@ def llm_routes(gw: Gateway) -> APIRouter:
                 "enabled": True,
                 "db_ok": db_ok,
                 "database": make_url(settings.database.url).get_backend_name(),
-                "buffer_len": ledger.pending,
+                "writer": ledger.writer,
+                "buffer_len": ledger.buffer_len,
                 "wal_size_bytes": ledger.wal_size_bytes,
                 "last_flush_ms": ledger.last_flush_ms,
                 "last_db_write": ledger.last_db_write.isoformat() if ledger.last_db_write else None,
-                "recorded_by_this_process": ledger.recorded,
+                "recorded_by_this_process": gw.ledger.recorded,
                 "pid": os.getpid(),
             },
             200 if db_ok else 503,

@@ -43,6 +43,10 @@ class ChildSpec:
     name: str
     argv: Sequence[str]
     env: Mapping[str, str] | None = None
+    # Stopped only after every other child has exited: what the others still use while they
+    # shut down (Redis, where the API writes its last counters; the ledger writer, which must
+    # ingest the WAL files the API seals on its way out).
+    stop_last: bool = False
 
 
 @dataclass
@@ -127,8 +131,14 @@ class Supervisor:
         return sum(c.restarts for c in self._children if c.spec.name == name)
 
     def stop(self, grace_seconds: float = 10.0) -> None:
-        """SIGTERM every child (last started first), then SIGKILL whatever outlives the grace."""
-        running = [c for c in reversed(self._children) if c.process is not None]
+        """SIGTERM every child (last started first), then SIGKILL whatever outlives the grace;
+        the `stop_last` children get the same treatment once the others are gone."""
+        newest_first = list(reversed(self._children))
+        self._stop_wave([c for c in newest_first if not c.spec.stop_last], grace_seconds)
+        self._stop_wave([c for c in newest_first if c.spec.stop_last], grace_seconds)
+
+    def _stop_wave(self, children: list[_Child], grace_seconds: float) -> None:
+        running = [c for c in children if c.process is not None]
         for child in running:
             assert child.process is not None
             if child.process.poll() is None:

@@ -57,3 +57,13 @@ def test_image_carries_what_the_api_reads_at_run_time() -> None:
         assert needed in dockerfile, needed
     assert "data:/app/.data" in " ".join(COMPOSE["x-gateway"]["volumes"])
     assert "data" in COMPOSE["volumes"]
+
+
+def test_compose_runs_a_ledger_writer_when_the_api_does_not_write() -> None:
+    """With `ledger.writer: external` someone must write: a service runs `main.py ledger` on the
+    same data volume as the API (the WAL directory is how they meet)."""
+    assert load_settings(ROOT / "config" / "compose.yaml", COMPOSE["x-gateway"]["environment"]
+                         ).ledger.writer == "external"  # fmt: skip
+    writer = COMPOSE["services"]["ledger-writer"]
+    assert writer["command"][-1] == "ledger"
+    assert "data:/app/.data" in " ".join(COMPOSE["x-gateway"]["volumes"])

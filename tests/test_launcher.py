@@ -116,6 +116,28 @@ def test_all_serves_and_ctrl_c_leaves_nothing(tmp_path: Path, path_env: str, mod
 
 
 @pytest.mark.slow
+def test_all_runs_the_external_ledger_writer_by_default(tmp_path: Path) -> None:
+    """`ledger.writer: auto`: `main.py all` starts `main.py ledger` and makes its API external;
+    /health sees the writer, the records reach the database through it, and after Ctrl-C no WAL
+    file is left behind."""
+    proc, base = _start_all(tmp_path, os.environ.get("PATH", ""))
+    try:
+        _serves_a_completion(base)
+        wait_until(lambda: json.loads(http("GET", base + "/health")[2])["ledger_writer"] == "running",
+                   what="the writer's heartbeat")  # fmt: skip
+        wait_until(lambda: json.loads(http("GET", base + "/api/llm/costs?days=1")[2])["total_requests"] >= 2,
+                   what="records written by the external writer")  # fmt: skip
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        assert "stopped ledger-writer" in (tmp_path / "logs" / "launcher.log").read_text()
+        # The writer was stopped after the API, so it ingested the file the API sealed last.
+        assert list((tmp_path / "wal").glob("wal-*")) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.slow
 def test_sigkilled_launcher_leaves_no_orphans(tmp_path: Path) -> None:
     """Even a SIGKILLed launcher takes its children with it (they ask for PR_SET_PDEATHSIG)."""
     proc, _base = _start_all(tmp_path, os.environ.get("PATH", ""))

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services import ledger_db
 from services.ledger import Ledger, UsageRecord, decode, encode
 from services.ledger_db import daily_costs, make_engine, migrate, records
+from services.ledger_writer import LedgerWriter, read_status
 
 
 @pytest.fixture
@@ -139,3 +140,51 @@ async def test_providers_registry_keeps_the_operator_switch(engine: AsyncEngine)
     assert rows[0]["enabled"] is False and rows[0]["priority"] == 3
     assert await ledger_db.disabled_providers(engine) == {"m:0"}
     assert not await ledger_db.set_enabled(engine, "nope", True)
+
+
+async def test_external_writer_ingests_what_the_api_sealed(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """With `ledger.writer: external` a flush only seals the WAL file; the writer inserts it,
+    deletes it after the commit and reports through its status file."""
+    wal = tmp_path / "wal"
+    ledger = Ledger(engine, wal, writes_database=False)
+    ledger.start()
+    ledger.append([request(1), request(2), request(3)])
+    assert await ledger.flush() == 3
+    assert await count(engine) == 0, "the API process must not write the database"
+    assert len(list(wal.glob("wal-*.sealed"))) == 1 and ledger.buffer == []
+    assert ledger.wal_size_bytes > 0  # the sealed file still waits for the writer
+    writer = LedgerWriter(engine, wal, interval=1.0)
+    assert await writer.start()
+    assert await writer.ingest_once() == 3
+    assert await count(engine) == 3 and list(wal.glob("wal-*.sealed")) == []
+    ledger.append([request(4)])
+    assert await writer.ingest_once() == 0, "the live process's open file is not taken"
+    await ledger.close()  # seals the last file
+    assert await writer.ingest_once() == 1
+    assert await count(engine) == 4 and list(wal.glob("wal-*")) == []
+    status = read_status(wal)
+    assert status is not None and status.db_ok and status.last_db_write_at is not None
+    assert status.alive(status.heartbeat + 2) and not status.alive(status.heartbeat + 11)
+
+
+async def test_external_writer_keeps_files_while_the_database_is_down(
+    tmp_path: Path, database_url: str
+) -> None:
+    wal = tmp_path / "wal"
+    wal.mkdir()
+    (wal / "wal-999999-dead.jsonl").write_bytes(encode([request(1), request(2)]))
+    dead = make_engine("postgresql+asyncpg://nobody@127.0.0.1:1/none")
+    writer = LedgerWriter(dead, wal)
+    assert not await writer.start()
+    status = read_status(wal)
+    assert status is not None and not status.db_ok
+    assert await writer.ingest_once() == 0
+    assert (wal / "wal-999999-dead.jsonl").exists()
+    await dead.dispose()
+    alive = make_engine(database_url)
+    writer = LedgerWriter(alive, wal)
+    assert await writer.start() and await writer.ingest_once() == 2
+    assert await count(alive) == 2 and list(wal.glob("wal-*")) == []
+    await alive.dispose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from typing import ClassVar
 
 import pytest
 
@@ -14,6 +15,7 @@ class FakeProcess:
     """A process whose exit the test decides."""
 
     next_pid = 100
+    journal: ClassVar[list[tuple[int, int]]] = []  # (pid, signal) of every signal sent, in order
 
     def __init__(self) -> None:
         FakeProcess.next_pid += 1
@@ -27,6 +29,7 @@ class FakeProcess:
 
     def send_signal(self, sig: int) -> None:
         self.signals.append(sig)
+        FakeProcess.journal.append((self.pid, sig))
         if not self.ignores_term:
             self.code = -sig
 
@@ -119,6 +122,25 @@ def test_stop_terms_in_reverse_order_and_kills_the_stubborn() -> None:
     sup.stop(grace_seconds=0)
     assert spawned[0].signals == [signal.SIGTERM] and spawned[0].code == -signal.SIGTERM
     assert spawned[1].signals == [signal.SIGTERM] and spawned[1].code == -9
+
+
+def test_stop_last_children_are_stopped_after_the_others_exit() -> None:
+    """Redis and the ledger writer outlive the API's shutdown: they get SIGTERM only once the
+    API has exited (the API writes to Redis and seals WAL files on its way out)."""
+    clock, spawned = Clock(), []
+    sup = Supervisor(
+        [ChildSpec("redis", ["r"], stop_last=True), ChildSpec("api", ["a"]),
+         ChildSpec("ledger-writer", ["w"], stop_last=True)],
+        spawn=recording(spawned), clock=clock,
+    )  # fmt: skip
+    sup.start()
+    redis, api, writer = spawned
+    FakeProcess.journal.clear()
+    sup.stop(grace_seconds=0)
+    # Without stop_last the order would be newest first: writer, api, redis.
+    assert FakeProcess.journal == [
+        (api.pid, signal.SIGTERM), (writer.pid, signal.SIGTERM), (redis.pid, signal.SIGTERM)
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("code", [0, 1, -11])
