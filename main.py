@@ -1,4 +1,4 @@
-"""Fallback Routing launcher: `python main.py all|api|redis|ledger|simulate|demo|check-config`."""
+"""Fallback Routing launcher: `python main.py COMMAND`; `--help` lists the commands."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def _stop_on_signals() -> threading.Event:
 
 @cli.command("all")
 def run_all(config: ConfigOption = None) -> None:
-    """Ensure Redis, then supervise the simulated models, the API and the Redis health checker."""
+    """Ensure Redis, then supervise the simulated models, the API, the ledger writer, the capacity
+    planner and the Redis health checker."""
     from loguru import logger
 
     from services.logs import configure_logging
@@ -108,6 +109,8 @@ def run_all(config: ConfigOption = None) -> None:
         # auto or external: the API only appends, this writer does the database work.
         supervisor.add(ChildSpec("ledger-writer", [*me, "ledger"], child_env, stop_last=True))
     supervisor.add(ChildSpec("redis-health", [*me, "redis", "--watch"], child_env))
+    if settings.capacity.enabled:
+        supervisor.add(ChildSpec("capacity", [*me, "capacity"], child_env))
     logger.info(
         "serving on http://{}:{} — Ctrl-C stops everything", settings.api.host, settings.api.port
     )
@@ -202,6 +205,51 @@ def redis(
         stop=stop,
         report=report,
     )
+
+
+@cli.command()
+def capacity(config: ConfigOption = None) -> None:
+    """Run the capacity planner: watch load, start and stop the large and small models' replicas,
+    steer new sessions. Log: .logs/capacity_planning.log (every decision and why)."""
+    import asyncio
+
+    import aiohttp
+
+    from services.capacity_planner import CapacityPlanner, build_scaler
+    from services.capacity_policy import Role
+    from services.logs import configure_logging
+    from services.redis_connection import async_client
+    from services.scalers import Scaler
+
+    settings, _, _ = _load(config)
+    if not settings.capacity.enabled:
+        typer.echo("capacity.enabled is false in this config: nothing to plan", err=True)
+        raise typer.Exit(2)
+    configure_logging("capacity_planning", settings.log)
+
+    async def serve() -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        redis_client = async_client(
+            settings.redis.url, timeout=settings.redis.socket_timeout_seconds
+        )
+        async with aiohttp.ClientSession() as http:
+            log_dir = Path(settings.log.dir)
+            scalers: dict[Role, Scaler] = {
+                "large": build_scaler(settings.capacity.large.model,
+                                      settings.capacity.large.scaler, http, log_dir),
+                "small": build_scaler(settings.capacity.small.model,
+                                      settings.capacity.small.scaler, http, log_dir),
+            }  # fmt: skip
+            planner = CapacityPlanner(settings, redis_client, scalers)
+            try:
+                await planner.run(stopping)
+            finally:
+                await redis_client.aclose()
+
+    asyncio.run(serve())
 
 
 @cli.command()

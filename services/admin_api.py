@@ -43,7 +43,7 @@ def resilience_routes(gw: Gateway) -> APIRouter:
     """The routes, reading the gateway's breakers, health monitor and statistics."""
     routes = APIRouter()
     settings = gw.settings
-    deployments = {name: (model, d) for model, name, d in settings.deployments()}
+    deployments = gw.deployment_table  # live: includes the capacity planner's replicas
 
     def breaker_view(name: str) -> dict[str, Any]:
         board, health, _ = _started(gw)

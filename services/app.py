@@ -214,6 +214,7 @@ def create_app(
     _install_error_handlers(app)
     max_messages = settings.api.max_messages
     default_selector = settings.sessions.default_selector
+    load = gw.load
 
     def router() -> Router:
         assert gw.router is not None  # set by the lifespan before any request
@@ -250,7 +251,7 @@ def create_app(
     async def initiate_call(request: Request) -> Response:
         """Create or re-pin a session to a model or chain (default: the current routing target)."""
         body = validate(INITIATE_CALL, await read_json(request, allow_empty=True))
-        selector = known_selector(body.model) if body.model else default_selector
+        selector = known_selector(body.model) if body.model else gw.new_session_selector()
         session_id = body.session_id or new_request_id() + new_request_id()
         await sessions().pin(session_id, selector)
         gw.metrics.sessions.inc()
@@ -314,6 +315,7 @@ def create_app(
         """Walk the chain, record the request in the ledger, answer JSON or SSE."""
         started = time.perf_counter()
         turn = Turn(payload, request_id_var.get(), session_id, selector, started)
+        load.begin()  # the recorder's answered/failed ends it
         try:
             routed: Routed | RoutedStream = await (
                 executor().open_stream(selector, payload)
@@ -418,6 +420,7 @@ def create_app(
                 "mode": "shared" if redis_ok else "fail-open",
                 "ledger": "off" if ledger is None else "on",
                 "ledger_writer": ledger.writer if ledger is not None else None,
+                "planner": gw.planner_view(),
                 "models": models,
                 "chains": settings.chains,
             }

@@ -194,6 +194,14 @@ class BreakerStore:
         self._pending = dict.fromkeys(self._policies, 0)
         self.rejections = dict.fromkeys(self._policies, 0)
 
+    def add(self, name: str, policy: BreakerSettings) -> None:
+        """A deployment that appeared at run time (a capacity-planner replica)."""
+        if name not in self._policies:
+            self._policies[name] = policy
+            self._states[name] = breaker.new_state(policy)
+            self._pending[name] = 0
+            self.rejections[name] = 0
+
     @property
     def names(self) -> list[str]:
         """The deployments with a breaker."""

@@ -258,10 +258,99 @@ class LedgerSettings(_Section):
     reference_pricing: Pricing = Pricing(input_per_mtok=2.5, output_per_mtok=10.0)
 
 
-class ModelSettings(_Section):
-    """A client-facing model and its deployments."""
+class ScalerSettings(_Section):
+    """How the capacity planner starts and stops replicas of one model (docs/capacity.md)."""
 
-    deployments: list[Deployment] = Field(min_length=1)
+    kind: Literal["simulated", "process", "kubernetes"] = "process"
+    # The most planner-started replicas at once; each scale-up adds one, up to this.
+    max_replicas: int = Field(1, ge=1, le=64)
+    # simulated: how long a start takes. process: the cold start of the default command (the
+    # built-in simulated model server). kubernetes: unused (readyReplicas says when).
+    startup_seconds: float = Field(20.0, ge=0)
+    # The replicas' upstream: how the API talks to them. `{port}` is the replica's port
+    # (process), `{model}` the model name.
+    provider: Literal["openai", "anthropic", "simulated"] = "simulated"
+    base_url: str = Field("http://127.0.0.1:{port}/v1", pattern=r"^https?://[^\s]+$")
+    upstream_model: str | None = Field(None, min_length=1, max_length=256)
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # process: the command per replica (`{port}`, `{model}`, `{python}`, `{main}` substituted);
+    # empty = the built-in simulated model server with `startup_seconds` of cold start.
+    command: list[str] = Field(default_factory=list)
+    health_url: str = Field("http://127.0.0.1:{port}/health", pattern=r"^https?://[^\s]+$")
+    ready_timeout_seconds: float = Field(900.0, gt=0)
+    stop_grace_seconds: float = Field(10.0, ge=0)
+    # kubernetes: the Deployment to scale. The API server and credentials come from
+    # `kubeconfig` if set, else the in-cluster service account.
+    namespace: str = Field("default", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    deployment: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    kubeconfig: str | None = None
+
+    @model_validator(mode="after")
+    def _kubernetes_names_its_target(self) -> ScalerSettings:
+        if self.kind == "kubernetes" and (self.deployment is None or "{port}" in self.base_url):
+            raise ValueError(
+                "a kubernetes scaler needs `deployment` (the Deployment to scale) and a "
+                "`base_url` without {port} (its Service, e.g. http://large-model:8000/v1)"
+            )
+        return self
+
+
+class CapacityModel(_Section):
+    """One of the two models the planner manages."""
+
+    model: str
+    # New sessions are pinned to this selector while this model is the routing target.
+    session_selector: str
+    scaler: ScalerSettings = ScalerSettings()
+
+
+class CapacitySettings(_Section):
+    """The capacity planner, `python main.py capacity` (SPEC §7, docs/capacity.md)."""
+
+    # Off unless a config turns it on (config/default.yaml does): it needs the two models.
+    enabled: bool = False
+    interval_seconds: float = Field(10.0, gt=0)
+    # Which signal drives decisions (both are measured and reported): the API log's growth in
+    # bytes per interval, or requests per second that the API processes publish in Redis.
+    signal: Literal["log_growth", "request_rate"] = "log_growth"
+    log_file: str | None = None  # default: <log.dir>/api_server.log
+    log_threshold_bytes: int = Field(1_000_000, ge=1)
+    request_rate_threshold: float = Field(50.0, gt=0)
+    # Consecutive ticks over the threshold before scaling up; under the initial threshold
+    # before scaling down (longer: no flapping).
+    scale_up_ticks: int = Field(2, ge=1)
+    scale_down_ticks: int = Field(6, ge=1)
+    # Scale-down also needs the small model to have served nothing for this long.
+    quiet_window_seconds: float = Field(120.0, ge=0)
+    # Replicas leave routing this long before they are stopped (covers the API's sync).
+    drain_seconds: float = Field(5.0, ge=0)
+    # The planner's state in Redis expires this long after its last tick: a dead planner's
+    # routing target stops applying.
+    state_ttl_seconds: float = Field(30.0, gt=0)
+    large: CapacityModel = CapacityModel(
+        model="large-model",
+        session_selector="default",
+        scaler=ScalerSettings(startup_seconds=180.0),
+    )
+    small: CapacityModel = CapacityModel(
+        model="small-model",
+        session_selector="low-cost",
+        scaler=ScalerSettings(startup_seconds=20.0),
+    )
+
+    @model_validator(mode="after")
+    def _down_slower_than_up(self) -> CapacitySettings:
+        if self.scale_down_ticks <= self.scale_up_ticks:
+            raise ValueError("scale_down_ticks must be greater than scale_up_ticks (no flapping)")
+        if self.large.model == self.small.model:
+            raise ValueError("large.model and small.model must differ")
+        return self
+
+
+class ModelSettings(_Section):
+    """A client-facing model and its deployments (none: the capacity planner supplies them)."""
+
+    deployments: list[Deployment] = Field(default_factory=list)
     pricing: Pricing = Pricing()
     local: bool = False
 
@@ -277,6 +366,7 @@ class Settings(_Section):
     resilience: ResilienceSettings = ResilienceSettings()
     database: DatabaseSettings = DatabaseSettings()
     ledger: LedgerSettings = LedgerSettings()
+    capacity: CapacitySettings = CapacitySettings()
     models: dict[ModelName, ModelSettings] = Field(min_length=1)
     chains: dict[ModelName, list[str]] = Field(default_factory=dict)
 
@@ -303,6 +393,23 @@ class Settings(_Section):
                     self.breaker_policy(deployment)
                 except ValidationError as exc:
                     raise ValueError(f"{where}: {exc.errors()[0]['msg']}") from None
+        managed = {self.capacity.large.model, self.capacity.small.model}
+        for model, model_settings in self.models.items():
+            if not model_settings.deployments and not (self.capacity.enabled and model in managed):
+                raise ValueError(
+                    f"models.{model}: needs at least one deployment (only a model the capacity "
+                    "planner manages may have none)"
+                )
+        if self.capacity.enabled:
+            for role in ("large", "small"):
+                managed_model: CapacityModel = getattr(self.capacity, role)
+                if managed_model.model not in self.models:
+                    raise ValueError(f"capacity.{role}.model: {managed_model.model!r} is not a "
+                                     f"model (models: {sorted(self.models)})")  # fmt: skip
+                chosen = managed_model.session_selector
+                if chosen not in self.models and chosen not in self.chains:
+                    raise ValueError(f"capacity.{role}.session_selector: {chosen!r} is neither "
+                                     "a model nor a chain")  # fmt: skip
         selector = self.sessions.default_selector
         if selector not in self.models and selector not in self.chains:
             raise ValueError(

@@ -89,6 +89,14 @@ class HealthMonitor:
             name: DeploymentHealth(window=deque(maxlen=settings.window)) for name in providers
         }
 
+    def add(self, name: str, provider: Provider, *, probed: bool) -> None:
+        """A deployment that appeared at run time (a capacity-planner replica)."""
+        if name not in self._health:
+            self._providers[name] = provider
+            self._health[name] = DeploymentHealth(window=deque(maxlen=self._settings.window))
+            if probed:
+                self._probed.add(name)
+
     def healthy(self, name: str) -> bool:
         """Whether the router may use the deployment (false only after failed probes)."""
         return self._health[name].healthy

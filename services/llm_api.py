@@ -80,7 +80,7 @@ def llm_routes(gw: Gateway) -> APIRouter:
     """The `/api/llm` routes over the gateway's ledger."""
     routes = APIRouter(prefix="/api/llm")
     settings = gw.settings
-    deployments = {name: (model, d) for model, name, d in settings.deployments()}
+    deployments = gw.deployment_table  # live: includes the capacity planner's replicas
     reference = settings.ledger.reference_pricing
 
     def engine() -> Any:

@@ -29,7 +29,9 @@ class Router:
     """Chains and deployments from the settings."""
 
     def __init__(self, settings: Settings, deployments: Mapping[str, Sequence[Provider]]) -> None:
-        self._deployments = {model: tuple(providers) for model, providers in deployments.items()}
+        self._static = {model: tuple(deployments.get(model, ())) for model in settings.models}
+        self._extra: dict[str, tuple[Provider, ...]] = {}
+        self._deployments = dict(self._static)
         self._chains: dict[str, tuple[str, ...]] = {m: (m,) for m in settings.models}
         self._chains.update({name: tuple(steps) for name, steps in settings.chains.items()})
         self._tiers = {
@@ -38,6 +40,15 @@ class Router:
         }
         # Round-robin start offsets spread load over a model's deployments.
         self._turns = {model: itertools.count() for model in self._deployments}
+
+    def set_replicas(self, model: str, providers: Sequence[Provider]) -> None:
+        """The capacity planner's replicas of `model`, routed after its configured deployments
+        (round robin spreads the load over all of them)."""
+        self._extra[model] = tuple(providers)
+        self._deployments[model] = self._static[model] + self._extra[model]
+
+    def replicas(self, model: str) -> tuple[Provider, ...]:
+        return self._extra.get(model, ())
 
     def knows(self, selector: str) -> bool:
         """Whether `selector` names a model or a chain."""
@@ -60,6 +71,8 @@ class Router:
             if step in TIERS:
                 continue
             providers = self._deployments[step]
+            if not providers:
+                continue  # a planner-managed model with no replica up right now
             start = next(self._turns[step]) % len(providers)
             for provider in (*providers[start:], *providers[:start]):
                 if provider.name not in seen:

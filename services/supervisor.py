@@ -64,7 +64,7 @@ def restart_delay(consecutive_failures: int, *, base: float = 0.5, cap: float = 
     return float(min(cap, base * 2 ** max(0, consecutive_failures - 1)))
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -75,7 +75,7 @@ def spawn(spec: ChildSpec) -> Process:
         list(spec.argv),
         env=dict(spec.env) if spec.env is not None else None,
         start_new_session=True,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
 
 

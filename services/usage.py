@@ -12,7 +12,8 @@ import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from services.config import Settings
+from services.capacity_state import LoadReporter
+from services.config import Deployment, Settings
 from services.costs import cost_nanousd, usd
 from services.executor import Attempt, Route
 from services.ledger import Ledger, UsageRecord
@@ -65,12 +66,29 @@ class RequestIds(NamedTuple):
 class UsageRecorder:
     """Turns finished requests into ledger records and metric updates."""
 
-    def __init__(self, settings: Settings, ledger: Ledger | None, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: Ledger | None,
+        metrics: Metrics,
+        deployments: Mapping[str, tuple[str, Deployment]] | None = None,
+        load: LoadReporter | None = None,
+    ) -> None:
+        self._load = load  # the capacity planner's view of traffic; `begin` is the caller's
         self._ledger = ledger
         self._metrics = metrics
         self._pricing = {name: m.pricing for name, m in settings.models.items()}
         self._local = {name: m.local for name, m in settings.models.items()}
-        self._kind = {name: d.provider for _, name, d in settings.deployments()}
+        # By name, including replicas the capacity planner adds later (the gateway's live table).
+        self._deployments = (
+            deployments
+            if deployments is not None
+            else {name: (model, d) for model, name, d in settings.deployments()}
+        )
+
+    def _provider_kind(self, deployment: str | None) -> str | None:
+        found = self._deployments.get(deployment or "")
+        return found[1].provider if found is not None else None
 
     def answered(
         self,
@@ -107,7 +125,7 @@ class UsageRecorder:
                 duration_ms=seconds * 1000,
                 ttft_ms=None if route.ttft_seconds is None else route.ttft_seconds * 1000,
                 deployment=route.deployment,
-                provider=self._kind.get(route.deployment or ""),
+                provider=self._provider_kind(route.deployment),
                 fallback=tier != "primary",
                 local=self._local.get(route.model, False),
                 estimated=estimated,
@@ -123,6 +141,8 @@ class UsageRecorder:
         rows += self._attempts(route.log, ids, tokens_in, tokens_out, cost, estimated, implied)
         self._metrics.request(route.model, tier, seconds, route.ttft_seconds)
         self._metrics.usage(route.model, tokens_in, tokens_out, usd(cost))
+        if self._load is not None:
+            self._load.end(route.model)
         if self._ledger is not None:
             self._ledger.append(rows)
 
@@ -156,6 +176,8 @@ class UsageRecorder:
         ]
         rows += self._attempts(log, ids, 0, 0, 0, False)
         self._metrics.request(selector, "failed", seconds, None)
+        if self._load is not None:
+            self._load.end(None)
         if self._ledger is not None:
             self._ledger.append(rows)
 
@@ -189,7 +211,7 @@ class UsageRecorder:
                     cost_nanousd=cost if attempt.ok else 0,
                     duration_ms=attempt.seconds * 1000,
                     deployment=attempt.deployment,
-                    provider=self._kind.get(attempt.deployment),
+                    provider=self._provider_kind(attempt.deployment),
                     local=self._local.get(attempt.model, False),
                     estimated=estimated and attempt.ok,
                     request_id=ids.request_id,
