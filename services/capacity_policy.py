@@ -103,22 +103,28 @@ def decide(state: PlannerState, obs: Observation, now: float, policy: Policy) ->
     reasons: list[str] = []
     models = {"large": state.large, "small": state.small}
 
-    # 1. Lifecycle: replicas that became ready; drained replicas that may now be stopped.
+    small_last_traffic = now if obs.small_requests > 0 else state.small_last_traffic
+    above = state.above + 1 if obs.signal > state.threshold else 0
+    below = state.below + 1 if obs.signal < policy.initial_threshold else 0
+    threshold = state.threshold
+
+    # 1. Lifecycle: replicas that became ready; drained replicas that may now be stopped (not
+    #    if this very tick scales up again: they are kept rather than stopped and restarted).
     ready_now = {"large": obs.large_ready, "small": obs.small_ready}
     for role in ROLES:
         status = models[role]
         if status.state == STARTING and ready_now[role]:
             models[role] = replace(status, state=READY, since=now)
             reasons.append(f"{role} model ready after {now - status.since:.0f}s")
-        elif status.state == STOPPING and now - status.since >= policy.drain_seconds:
+        elif (
+            status.state == STOPPING
+            and now - status.since >= policy.drain_seconds
+            and above < policy.up_ticks
+        ):
             models[role] = ModelStatus(STOPPED, 0, now)
             actions.append(Action(role, 0))
             reasons.append(f"{role} model drained for {policy.drain_seconds:.0f}s: stopping it")
 
-    small_last_traffic = now if obs.small_requests > 0 else state.small_last_traffic
-    above = state.above + 1 if obs.signal > state.threshold else 0
-    below = state.below + 1 if obs.signal < policy.initial_threshold else 0
-    threshold = state.threshold
     large, small = models["large"], models["small"]
 
     # 2. Scale up: never while a large replica is still warming (one cold start at a time).
@@ -130,8 +136,7 @@ def decide(state: PlannerState, obs: Observation, now: float, policy: Policy) ->
     )
     if above >= policy.up_ticks and large.state != STARTING and can_grow:
         reasons.append(
-            f"signal {obs.signal:.0f} over threshold {threshold:.0f} for {above} ticks: "
-            "scaling up"
+            f"signal {obs.signal:.0f} over threshold {threshold:.0f} for {above} ticks: scaling up"
         )
         if small.state == STOPPING:
             reasons.append("small model was draining: kept instead")

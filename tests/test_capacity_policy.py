@@ -166,3 +166,18 @@ def test_load_returning_while_draining_keeps_the_replicas() -> None:
     assert run.state.small.state == READY and run.state.large.state == READY
     assert decision.actions == [] and len(run.actions) == 2  # only the first two starts
     assert "small model was draining: kept instead" in decision.reasons
+
+
+def test_load_returning_as_the_drain_ends_keeps_the_replicas_instead_of_restarting() -> None:
+    """The drain is over on the same tick as a scale-up: no stop-then-start of cold replicas."""
+    run = Run(Policy(initial_threshold=MB, up_ticks=2, down_ticks=6, quiet_window=60,
+                     drain_seconds=15))  # fmt: skip
+    scaled_up(run)
+    for _ in range(6):
+        run.tick(0.1 * MB, small_ready=True, large_ready=True)
+    assert run.state.small.state == STOPPING
+    run.tick(2 * MB, small_ready=True, large_ready=True)  # 10 s into the 15 s drain
+    # 20 s: the drain is over, and the load has been back for two ticks.
+    decision = run.tick(2 * MB, small_ready=True, large_ready=True)
+    assert run.state.small.state == READY and run.state.large.state == READY
+    assert decision.actions == [] and [a.replicas for a in run.actions] == [1, 1]

@@ -107,6 +107,9 @@ def test_all_serves_and_ctrl_c_leaves_nothing(tmp_path: Path, path_env: str, mod
         assert len(family) >= 4  # two simulators, api, redis-health (+ redis-server)
         launcher_log = (tmp_path / "logs" / "launcher.log").read_text()
         assert ("redis-server" if mode == "redis-server" else "fakeredis") in launcher_log
+        assert "started capacity" in launcher_log, "the default config runs the planner"
+        wait_until(lambda: json.loads(http("GET", base + "/health")[2])["planner"]["up"],
+                   what="the planner's state to reach the API")  # fmt: skip
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
         assert not [pid for pid in family if _alive(pid)]
