@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -47,6 +49,19 @@ def _stop_on_signals() -> threading.Event:
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
     return stop
+
+
+def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run an asyncio service; SIGINT/SIGTERM set the event it gets, so it can stop cleanly."""
+
+    async def runner() -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        await main(stopping)
+
+    asyncio.run(runner())
 
 
 @cli.command("all")
@@ -211,8 +226,6 @@ def redis(
 def capacity(config: ConfigOption = None) -> None:
     """Run the capacity planner: watch load, start and stop the large and small models' replicas,
     steer new sessions. Log: .logs/capacity_planning.log (every decision and why)."""
-    import asyncio
-
     import aiohttp
 
     from services.capacity_planner import CapacityPlanner, build_scaler
@@ -227,11 +240,7 @@ def capacity(config: ConfigOption = None) -> None:
         raise typer.Exit(2)
     configure_logging("capacity_planning", settings.log)
 
-    async def serve() -> None:
-        stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stopping.set)
+    async def serve(stopping: asyncio.Event) -> None:
         redis_client = async_client(
             settings.redis.url, timeout=settings.redis.socket_timeout_seconds
         )
@@ -249,7 +258,7 @@ def capacity(config: ConfigOption = None) -> None:
             finally:
                 await redis_client.aclose()
 
-    asyncio.run(serve())
+    _run_until_signal(serve)
 
 
 @cli.command()
@@ -258,8 +267,6 @@ def ledger(config: ConfigOption = None) -> None:
 
     For `ledger.writer: external`; `main.py all` starts it (and, with `auto`, switches its API to
     external). Log: .logs/ledger_writer.log."""
-    import asyncio
-
     from services.ledger_db import make_engine
     from services.ledger_writer import LedgerWriter
     from services.logs import configure_logging
@@ -272,11 +279,7 @@ def ledger(config: ConfigOption = None) -> None:
         logger.warning("ledger.writer is 'inline': the API processes write the database "
                        "themselves; this writer only ingests orphaned WAL files")  # fmt: skip
 
-    async def serve() -> None:
-        stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stopping.set)
+    async def serve(stopping: asyncio.Event) -> None:
         engine = make_engine(settings.database.url)
         writer = LedgerWriter(engine, Path(settings.ledger.wal_dir),
                               interval=settings.ledger.flush_interval_seconds)  # fmt: skip
@@ -285,7 +288,7 @@ def ledger(config: ConfigOption = None) -> None:
         finally:
             await engine.dispose()
 
-    asyncio.run(serve())
+    _run_until_signal(serve)
 
 
 @cli.command()
@@ -351,7 +354,6 @@ def demo(
     """Scripted traffic with injected provider failures through the real pipeline, summarised.
 
     Exits 1 if any client saw an error."""
-    import asyncio
     import json
 
     from services.demo import render, run_demo

@@ -3,6 +3,8 @@ routing of new sessions, hysteresis, the quiet window."""
 
 from __future__ import annotations
 
+import pytest
+
 from services.capacity_policy import (
     READY,
     STARTING,
@@ -153,31 +155,21 @@ def test_square_wave_load_does_not_flap() -> None:
         assert len(starts) <= 2 and stops == [], (period, run.actions)
 
 
-def test_load_returning_while_draining_keeps_the_replicas() -> None:
-    """Scale-up during the drain cancels the stop instead of starting cold replicas."""
+@pytest.mark.parametrize(
+    "drain_seconds",
+    [pytest.param(60, id="still-draining"), pytest.param(15, id="drain-ends-on-the-scale-up-tick")],
+)
+def test_load_returning_during_the_drain_keeps_the_replicas(drain_seconds: float) -> None:
+    """Scale-up while replicas drain (or on the very tick their drain ends) keeps them: no
+    stop-then-start of cold replicas."""
     run = Run(Policy(initial_threshold=MB, up_ticks=2, down_ticks=6, quiet_window=60,
-                     drain_seconds=60))  # fmt: skip
+                     drain_seconds=drain_seconds))  # fmt: skip
     scaled_up(run)
     for _ in range(6):
         run.tick(0.1 * MB, small_ready=True, large_ready=True)
     assert run.state.small.state == STOPPING and run.state.large.state == STOPPING
-    run.tick(2 * MB, small_ready=True, large_ready=True)
-    decision = run.tick(2 * MB, small_ready=True, large_ready=True)
-    assert run.state.small.state == READY and run.state.large.state == READY
-    assert decision.actions == [] and len(run.actions) == 2  # only the first two starts
-    assert "small model was draining: kept instead" in decision.reasons
-
-
-def test_load_returning_as_the_drain_ends_keeps_the_replicas_instead_of_restarting() -> None:
-    """The drain is over on the same tick as a scale-up: no stop-then-start of cold replicas."""
-    run = Run(Policy(initial_threshold=MB, up_ticks=2, down_ticks=6, quiet_window=60,
-                     drain_seconds=15))  # fmt: skip
-    scaled_up(run)
-    for _ in range(6):
-        run.tick(0.1 * MB, small_ready=True, large_ready=True)
-    assert run.state.small.state == STOPPING
-    run.tick(2 * MB, small_ready=True, large_ready=True)  # 10 s into the 15 s drain
-    # 20 s: the drain is over, and the load has been back for two ticks.
-    decision = run.tick(2 * MB, small_ready=True, large_ready=True)
+    run.tick(2 * MB, small_ready=True, large_ready=True)  # 10 s into the drain
+    decision = run.tick(2 * MB, small_ready=True, large_ready=True)  # 20 s: scale-up fires
     assert run.state.small.state == READY and run.state.large.state == READY
     assert decision.actions == [] and [a.replicas for a in run.actions] == [1, 1]
+    assert "small model was draining: kept instead" in decision.reasons
