@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import sys
@@ -84,7 +85,9 @@ def run_all(config: ConfigOption = None) -> None:
     settings, environ, path = _load(config)
     configure_logging("launcher", settings.log)
     stop = _stop_on_signals()
-    supervisor = Supervisor([])
+    # The API's drain (readiness off, delay, in-flight requests) must finish before a SIGKILL.
+    grace = settings.api.drain_delay_seconds + settings.api.shutdown_grace_seconds + 10
+    supervisor = Supervisor([], stop_grace_seconds=grace)
     redis_url = settings.redis.url
     fake = None
     if ping(redis_url):
@@ -149,9 +152,15 @@ def api(
     """Run the FastAPI server (uvicorn, uvloop, httptools)."""
     import uvicorn
 
+    from services.auth import KeyRing, bind_refusal
     from services.logs import configure_logging, intercept_stdlib_logging
 
-    settings, _, path = _load(config)
+    settings, environ, path = _load(config)
+    bind_host = host or settings.api.host
+    keys = KeyRing.from_env(environ)
+    if (refusal := bind_refusal(bind_host, keys)) is not None:
+        typer.echo(refusal, err=True)
+        raise typer.Exit(2)
     os.environ["FR_CONFIG"] = str(path)  # the workers' app factory reads it
     worker_count = workers or settings.api.workers
     if worker_count > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -165,6 +174,11 @@ def api(
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
     configure_logging("api_server", settings.log)
     intercept_stdlib_logging(settings.log.level)
+    if not keys.enabled:
+        from loguru import logger
+
+        logger.warning("no API keys configured (FR_API_KEYS, FR_ADMIN_KEY): every endpoint is "
+                       "open, so the server listens on {} only", bind_host)  # fmt: skip
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler
     # that was installed before it ran. A stop that was asked for and completed is a success.
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -172,7 +186,7 @@ def api(
     uvicorn.run(
         "services.app:app_from_env",
         factory=True,
-        host=host or settings.api.host,
+        host=bind_host,
         port=port or settings.api.port,
         workers=worker_count,
         loop="uvloop",
@@ -180,7 +194,9 @@ def api(
         access_log=False,  # the gateway logs one line per request itself, with its id
         log_config=None,
         server_header=False,
-        timeout_graceful_shutdown=30,
+        # In-flight requests and streams get this long once the listener closes (services/drain.py
+        # first flips readiness and waits api.drain_delay_seconds).
+        timeout_graceful_shutdown=math.ceil(settings.api.shutdown_grace_seconds),
     )
 
 

@@ -25,14 +25,16 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
-from services import __version__, ledger_db
+from services import __version__, drain, input_limits, ledger_db
 from services.admin_api import resilience_routes
+from services.auth import KeyRing
 from services.breaker_store import BreakerStore
 from services.config import Settings, load_settings
 from services.errors import (
     GatewayError,
     InvalidRequest,
     NotFound,
+    RateLimited,
     SchemaError,
     UpstreamError,
     envelope,
@@ -44,7 +46,7 @@ from services.llm_api import llm_routes
 from services.logs import AccessLog, configure_logging, intercept_stdlib_logging, secret_values
 from services.middleware import RequestContextMiddleware
 from services.providers.base import Json
-from services.request_context import new_request_id, request_id_var
+from services.request_context import caller_var, new_request_id, request_id_var
 from services.router import Router
 from services.schemas import (
     CHAT_COMPLETION,
@@ -199,6 +201,7 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await gw.start()
         tune_gc()
+        drain.install(settings.api.drain_delay_seconds, gw.start_draining)
         try:
             yield
         finally:
@@ -209,6 +212,8 @@ def create_app(
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.api.max_body_bytes,
+        max_header_bytes=settings.api.max_header_bytes,
+        keys=gw.keys,
         access_log=access_log,
     )
     _install_error_handlers(app)
@@ -236,12 +241,12 @@ def create_app(
         assert gw.breakers is not None
         return gw.breakers
 
+    max_content_chars = settings.api.max_content_chars
+
     def check_messages(messages: list[Any]) -> None:
-        if len(messages) > max_messages:
-            raise InvalidRequest(
-                f"too many messages: {len(messages)} (at most {max_messages})",
-                code="too_many_messages",
-            )
+        input_limits.check_messages(
+            messages, max_messages=max_messages, max_content_chars=max_content_chars
+        )
 
     def known_selector(name: str) -> str:
         if not router().knows(name):
@@ -259,8 +264,13 @@ def create_app(
             {"session_id": session_id, "model": selector, "expires_in": sessions().ttl_seconds}
         )
 
+    async def within_rate_limit() -> None:
+        if gw.limiter is not None and (retry_after := await gw.limiter.admit(caller_var.get())):
+            raise RateLimited(retry_after)
+
     async def chat_completions(request: Request) -> Response:
         """A session's chat turn, routed by its pinned selector (or a one-off `model` override)."""
+        await within_rate_limit()
         raw = await read_json(request)
         body = validate(SESSION_CHAT, raw)
         pinned = await sessions().selector(body.session_id)
@@ -279,6 +289,7 @@ def create_app(
 
     async def openai_chat_completions(request: Request) -> Response:
         """OpenAI-compatible chat completions; `X-Session-ID` pins like a session."""
+        await within_rate_limit()
         raw = await read_json(request)
         body = validate(CHAT_COMPLETION, raw)
         check_messages(raw["messages"])
@@ -572,7 +583,9 @@ def app_from_env() -> FastAPI:
     environ = dict(os.environ)
     settings = load_settings(environ=environ)
     key_envs = [d.api_key_env for m in settings.models.values() for d in m.deployments]
-    sink = configure_logging("api_server", settings.log, secrets=secret_values(key_envs, environ))
+    key_envs += [s.scaler.api_key_env for s in (settings.capacity.large, settings.capacity.small)]
+    secrets = [*secret_values(key_envs, environ), *KeyRing.from_env(environ).secrets]
+    sink = configure_logging("api_server", settings.log, secrets=secrets)
     # Worker processes (--workers > 1) are spawned fresh: route uvicorn's own logging here too.
     intercept_stdlib_logging(settings.log.level)
     access_log = (

@@ -39,6 +39,13 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class RateLimitSettings(_Section):
+    """Per API key, per minute, shared by every process through Redis (0 = no limit)."""
+
+    requests_per_minute: int = Field(0, ge=0)
+    tokens_per_minute: int = Field(0, ge=0)
+
+
 class ApiSettings(_Section):
     """The HTTP server."""
 
@@ -47,6 +54,14 @@ class ApiSettings(_Section):
     workers: int = Field(1, ge=1, le=64)
     max_body_bytes: int = Field(1_048_576, ge=1024)
     max_messages: int = Field(1000, ge=1)
+    # One message's content (text parts summed), in characters.
+    max_content_chars: int = Field(200_000, ge=1)
+    max_header_bytes: int = Field(16_384, ge=1024)
+    rate_limit: RateLimitSettings = RateLimitSettings()
+    # SIGTERM: /readyz answers 503 at once; the listener closes this much later (load balancers
+    # stop sending first); in-flight requests and streams then get `shutdown_grace_seconds`.
+    drain_delay_seconds: float = Field(5.0, ge=0)
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
 
 
 class RedisSettings(_Section):

@@ -66,6 +66,18 @@ class NotFound(InvalidRequest):
     code = "not_found"
 
 
+class RateLimited(GatewayError):
+    """The key's requests or tokens per minute are used up (429 with Retry-After)."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"Rate limit reached for this API key; retry in {retry_after}s")
+        self.headers["Retry-After"] = str(retry_after)
+
+
 class PayloadTooLarge(InvalidRequest):
     """The body is over the configured limit (413)."""
 

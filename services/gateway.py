@@ -18,6 +18,7 @@ from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services import ledger_db
+from services.auth import KeyRing
 from services.breaker_store import BreakerStore
 from services.capacity_state import LoadReporter, PublishedState, Replica, read_state
 from services.config import Deployment, ScalerSettings, Settings, redact_url
@@ -31,6 +32,7 @@ from services.metrics import Metrics
 from services.providers.anthropic import AnthropicProvider
 from services.providers.base import Provider
 from services.providers.openai import OpenAIProvider
+from services.rate_limit import RateLimiter
 from services.redis_connection import async_client
 from services.redis_gate import REDIS_ERRORS, RedisGate
 from services.response_cache import ResponseCache
@@ -129,11 +131,14 @@ class Gateway:
     # The capacity planner's last published state (None: no planner, static config applies).
     capacity: PublishedState | None = None
     load: LoadReporter = field(init=False)
+    keys: KeyRing = field(init=False)
+    limiter: RateLimiter | None = None
     _replicas: dict[str, Provider] = field(default_factory=dict, repr=False)
     _owns_redis: bool = field(default=False, repr=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
+        self.keys = KeyRing.from_env(self.environ)
         self.deployment_table.update(
             {name: (model, d) for model, name, d in self.settings.deployments()}
         )
@@ -164,6 +169,10 @@ class Gateway:
                 for model, entry in state.models.items()
             },
         }
+
+    def start_draining(self) -> None:
+        """Shutdown has begun: /readyz answers 503 from now on."""
+        self.draining = True
 
     def new_session_selector(self) -> str:
         """What `/initiate_call` pins when the client names nothing: the planner's routing
@@ -232,8 +241,9 @@ class Gateway:
         await self.breakers.sync()
         if settings.ledger.enabled:
             await self._start_ledger()
+        self.limiter = RateLimiter(self.redis, self.gate, settings.api.rate_limit, prefix=prefix)
         self.recorder = UsageRecorder(
-            settings, self.ledger, self.metrics, self.deployment_table, self.load
+            settings, self.ledger, self.metrics, self.deployment_table, self.load, self.limiter
         )
         await self.refresh_disabled()
         interval = resilience.sync_interval_seconds
@@ -371,6 +381,8 @@ class Gateway:
             await asyncio.sleep(interval)
             await self.refresh_disabled()
             await self.sync_capacity()
+            if self.limiter is not None:
+                await self.limiter.flush()
             assert self.breakers is not None
             for name in self.breakers.names:
                 self.metrics.breaker(name, self.breakers.state(name).state)

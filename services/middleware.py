@@ -1,4 +1,5 @@
-"""Pure-ASGI middleware: request id, body size limit, access line, last-resort error envelope.
+"""Pure-ASGI middleware: request id, API keys, header and body size limits, access line,
+last-resort error envelope.
 
 Written as plain ASGI rather than Starlette's BaseHTTPMiddleware, which wraps every request in
 extra tasks and streams and costs a large share of the hot path's budget.
@@ -12,19 +13,29 @@ from typing import Any
 from loguru import logger
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.auth import Denied, KeyRing, required_role
 from services.errors import PayloadTooLarge, envelope
 from services.logs import AccessLog
-from services.request_context import accept_request_id, request_id_var
+from services.request_context import accept_request_id, caller_var, request_id_var
 
 
 class RequestContextMiddleware:
-    """Tags each request with an id, enforces the body limit and logs one line when it ends."""
+    """Tags each request with an id, checks its API key, enforces the size limits and logs one
+    line when it ends."""
 
     def __init__(
-        self, app: ASGIApp, *, max_body_bytes: int, access_log: AccessLog | None = None
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        max_header_bytes: int = 16384,
+        keys: KeyRing | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_header_bytes = max_header_bytes
+        self.keys = keys or KeyRing([], None)
         self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -34,11 +45,16 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         client_id = None
         declared_length = None
+        authorization = None
+        header_bytes = 0
         for name, value in scope["headers"]:
+            header_bytes += len(name) + len(value) + 4
             if name == b"x-request-id":
                 client_id = value.decode("latin-1")
             elif name == b"content-length":
                 declared_length = value
+            elif name == b"authorization":
+                authorization = value.decode("latin-1")
         request_id = accept_request_id(client_id)
         token = request_id_var.set(request_id)
         rid_header = (b"x-request-id", request_id.encode())
@@ -66,12 +82,23 @@ class RequestContextMiddleware:
                     raise PayloadTooLarge(f"request body is larger than {limit} bytes")
             return message
 
+        caller_token = None
         try:
-            if declared_length is not None and _too_long(declared_length, limit):
+            verdict = self.keys.check(required_role(scope["method"], scope["path"]), authorization)
+            if header_bytes > self.max_header_bytes:
+                await _send_error(send_with_id, 431, "invalid_request_error", "headers_too_large",
+                                  f"request headers are larger than {self.max_header_bytes} "
+                                  "bytes")  # fmt: skip
+            elif isinstance(verdict, Denied):
+                challenge = [(b"www-authenticate", b"Bearer")] if verdict.status == 401 else []
+                await _send_error(send_with_id, verdict.status, "invalid_request_error",
+                                  verdict.code, verdict.message, challenge)  # fmt: skip
+            elif declared_length is not None and _too_long(declared_length, limit):
                 too_large = PayloadTooLarge(f"request body is larger than {limit} bytes")
                 await _send_error(send_with_id, too_large.status, too_large.type, too_large.code,
                                   too_large.message)  # fmt: skip
             else:
+                caller_token = caller_var.set(verdict.key_id)
                 await self.app(scope, receive_limited, send_with_id)
         except Exception:  # noqa: BLE001 - the last line of defence: no trace reaches a client
             # Anything that escaped the app's handlers: log it with the trace, answer a plain 500.
@@ -87,6 +114,8 @@ class RequestContextMiddleware:
                     state["model"],
                 )  # fmt: skip
             request_id_var.reset(token)
+            if caller_token is not None:
+                caller_var.reset(caller_token)
 
 
 def _too_long(declared: bytes, limit: int) -> bool:
@@ -96,8 +125,16 @@ def _too_long(declared: bytes, limit: int) -> bool:
         return False  # a malformed Content-Length is the server's to reject
 
 
-async def _send_error(send: Send, status: int, type_: str, code: str | None, message: str) -> None:
+async def _send_error(
+    send: Send,
+    status: int,
+    type_: str,
+    code: str | None,
+    message: str,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     body = envelope(message, type_, code)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += extra_headers or []
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -7,6 +7,8 @@ import re
 from contextvars import ContextVar
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+# Who is calling: the key id (services/auth.py), for rate limits and logs; never the key.
+caller_var: ContextVar[str] = ContextVar("caller", default="anonymous")
 
 # A client-supplied X-Request-ID is kept only if it is short and plain, so it is safe in logs.
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")

@@ -88,6 +88,8 @@ class Supervisor:
     clock: Callable[[], float] = time.monotonic
     # A child that ran this long before exiting is treated as healthy again: backoff resets.
     stable_after: float = 30.0
+    # How long a child may take to stop after SIGTERM before it is killed (the API drains).
+    stop_grace_seconds: float = 10.0
     _children: list[_Child] = field(default_factory=list)
 
     def start(self) -> None:
@@ -163,4 +165,4 @@ class Supervisor:
             while not stop.wait(poll_interval):
                 self.poll()
         finally:
-            self.stop()
+            self.stop(self.stop_grace_seconds)

@@ -18,6 +18,8 @@ from services.costs import cost_nanousd, usd
 from services.executor import Attempt, Route
 from services.ledger import Ledger, UsageRecord
 from services.metrics import Metrics
+from services.rate_limit import RateLimiter
+from services.request_context import caller_var
 
 Json = dict[str, Any]
 
@@ -73,7 +75,9 @@ class UsageRecorder:
         metrics: Metrics,
         deployments: Mapping[str, tuple[str, Deployment]] | None = None,
         load: LoadReporter | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
+        self._limiter = limiter  # tokens count against the caller's per-minute budget
         self._load = load  # the capacity planner's view of traffic; `begin` is the caller's
         self._ledger = ledger
         self._metrics = metrics
@@ -143,6 +147,8 @@ class UsageRecorder:
         self._metrics.usage(route.model, tokens_in, tokens_out, usd(cost))
         if self._load is not None:
             self._load.end(route.model)
+        if self._limiter is not None:
+            self._limiter.spend(caller_var.get(), tokens_in + tokens_out)
         if self._ledger is not None:
             self._ledger.append(rows)
 

@@ -169,6 +169,8 @@ def api_process(
     return subprocess.Popen(
         [sys.executable, MAIN, "api", "--config", str(config), "--port", str(port),
          "--workers", str(workers)],
-        env={**os.environ, **isolated_ledger_env(config.parent), **env},
+        # No drain delay unless a test asks: every terminate() would otherwise wait for it.
+        env={**os.environ, "FR_API_DRAIN_DELAY_SECONDS": "0", **isolated_ledger_env(config.parent),
+             **env},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
