@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
 import subprocess
+from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -33,20 +38,39 @@ def test_api_service_points_at_compose_redis_and_config() -> None:
     assert COMPOSE["services"]["api"]["ports"] == ["8000:8000"]
 
 
-@pytest.mark.skipif(
-    not (shutil.which("docker-compose") or shutil.which("docker")), reason="no docker client"
-)
-def test_docker_compose_accepts_the_file() -> None:
-    """`docker-compose config` (v1) or `docker compose config` (v2) parses and resolves it."""
-    argv = (
-        ["docker-compose", "config", "-q"]
-        if shutil.which("docker-compose")
-        else ["docker", "compose", "config", "-q"]
-    )
-    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
-    if result.returncode != 0 and "unknown shorthand flag" in result.stderr:
-        pytest.skip("docker client has no compose plugin")
+def compose_argv() -> list[str] | None:
+    """`docker-compose` (v1) or `docker compose` (v2), whichever works without an engine."""
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"],
+                                                 capture_output=True).returncode == 0:  # fmt: skip
+        return ["docker", "compose"]
+    return None
+
+
+@pytest.mark.skipif(compose_argv() is None, reason="no docker-compose and no compose plugin")
+def test_docker_compose_accepts_the_file_and_insists_on_keys() -> None:
+    """`docker compose config` parses and resolves it with keys exported, and refuses without."""
+    argv = [*(compose_argv() or []), "config", "-q"]
+    keys = {"FR_API_KEYS": "k1,k2", "FR_ADMIN_KEY": "admin"}
+    env = {k: v for k, v in os.environ.items() if k not in keys}
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            env={**env, **keys})  # fmt: skip
     assert result.returncode == 0, result.stderr
+    refused = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert refused.returncode != 0 and "FR_API_KEYS" in refused.stderr
+
+
+def test_compose_runs_every_process_with_room_to_drain() -> None:
+    services = COMPOSE["services"]
+    assert services["capacity"]["command"][-1] == "capacity"
+    assert services["health-checker"]["command"][-2:] == ["redis", "--watch"]
+    settings = load_settings(ROOT / "config" / "compose.yaml", {})
+    assert settings.capacity.enabled and settings.capacity.large.scaler.base_url.startswith(
+        "http://capacity:"
+    ), "replicas are reached through the capacity service's name"
+    grace = int(services["api"]["stop_grace_period"].rstrip("s"))
+    assert grace >= settings.api.drain_delay_seconds + settings.api.shutdown_grace_seconds
 
 
 def test_image_carries_what_the_api_reads_at_run_time() -> None:
@@ -67,3 +91,80 @@ def test_compose_runs_a_ledger_writer_when_the_api_does_not_write() -> None:
     writer = COMPOSE["services"]["ledger-writer"]
     assert writer["command"][-1] == "ledger"
     assert "data:/app/.data" in " ".join(COMPOSE["x-gateway"]["volumes"])
+
+
+K8S = ROOT / "deploy" / "kubernetes"
+
+
+def k8s_documents() -> list[dict[str, Any]]:
+    return [d for path in sorted(K8S.glob("*.yaml"))
+            for d in yaml.safe_load_all(path.read_text()) if d]  # fmt: skip
+
+
+def k8s(kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in k8s_documents() if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, (kind, name)
+    return found[0]
+
+
+def test_kubernetes_manifests_match_the_code(tmp_path: Path) -> None:
+    """They parse; the API's probes hit real endpoints on the port the config listens on; the
+    grace period covers preStop, the drain delay and the shutdown grace; the embedded config is
+    valid and its planner scales Deployments that exist, with the permissions to do it."""
+    from services.app import create_app
+
+    config_text = k8s("ConfigMap", "fallback-routing-config")["data"]["config.yaml"]
+    (tmp_path / "config.yaml").write_text(config_text)
+    settings = load_settings(tmp_path / "config.yaml", {})
+    routes = {getattr(route, "path", "") for route in create_app(settings, environ={}).routes}
+    api = k8s("Deployment", "fallback-routing-api")["spec"]["template"]["spec"]
+    container = api["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["http"] == settings.api.port and settings.api.host == "0.0.0.0"
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        get = container[probe]["httpGet"]
+        assert get["path"] in routes and get["port"] == "http", probe
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert api["terminationGracePeriodSeconds"] >= (
+        pre_stop + settings.api.drain_delay_seconds + settings.api.shutdown_grace_seconds
+    )
+    service = k8s("Service", "fallback-routing-api")
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    secret_keys = set(k8s("Secret", "fallback-routing")["stringData"])
+    assert {"FR_API_KEYS", "FR_ADMIN_KEY", "FR_DATABASE_URL"} <= secret_keys
+    assert settings.ledger.writer == "inline", "pods share no disk with an external writer"
+    for role in ("large", "small"):
+        scaler = getattr(settings.capacity, role).scaler
+        assert scaler.kind == "kubernetes"
+        burst = k8s("Deployment", scaler.deployment or "")
+        assert burst["spec"]["replicas"] == 0
+        assert k8s("Service", scaler.deployment or "")  # base_url names it
+        assert scaler.base_url.startswith(f"http://{scaler.deployment}:")
+    rules = k8s("Role", "fallback-routing-capacity")["rules"]
+    assert {
+        "resources": ["deployments/scale"],
+        "verbs": ["get", "patch"],
+        "apiGroups": ["apps"],
+    } in rules
+    capacity = k8s("Deployment", "fallback-routing-capacity")["spec"]["template"]["spec"]
+    assert capacity["serviceAccountName"] == "fallback-routing-capacity"
+
+
+def test_grafana_dashboard_uses_only_metrics_the_gateway_exports(gateway: Any) -> None:
+    """Every metric an expression names is in a live /metrics page (histograms by their
+    _bucket series, counters by _total)."""
+    from tests.helpers import http
+
+    exported = {line.split(" ")[2] for line in http("GET", gateway.base + "/metrics")[2].decode()
+                .splitlines() if line.startswith("# TYPE")}  # fmt: skip
+    series = exported | {f"{n}_bucket" for n in exported} | {f"{n}_total" for n in exported}
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "fallback-routing.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {name for e in exprs for name in re.findall(r"\b([a-z_]+_[a-z_]+)\b(?=[\[{)\s]|$)", e)}
+    used -= {"histogram_quantile", "sum", "max", "rate", "by", "le"}
+    metric_like = {n for n in used if n.startswith(("llm_", "circuit_", "fallback_", "capacity_",
+                                                     "gateway_"))}  # fmt: skip
+    assert len(metric_like) >= 12
+    missing = metric_like - series
+    assert not missing, missing
