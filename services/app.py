@@ -87,6 +87,19 @@ ERROR_RESPONSES = {
     "503": "No upstream available, or the session store is unreachable",
     "504": "Every upstream timed out",
 }
+# Any endpoint can answer these (the middleware's checks, the envelope for unknown parameters).
+COMMON_ERROR_RESPONSES = {
+    "400": "Invalid request",
+    "401": "Missing or unknown API key (when keys are configured)",
+    "403": "A client key on an admin endpoint",
+    "404": "Unknown resource",
+    "413": "Body larger than api.max_body_bytes",
+    "422": "Parameters or body do not match the schema",
+    "429": "Rate limit reached for this key (Retry-After says when to retry)",
+    "431": "Request headers larger than api.max_header_bytes",
+    "503": "A dependency (the ledger database) is unavailable",
+}
+PLAIN_TEXT_ENDPOINTS = {"/metrics": "Prometheus text exposition format"}
 
 
 def json_response(
@@ -169,6 +182,20 @@ def document_lean_routes(app: FastAPI, routes: list[tuple[str, str, type[BaseMod
                     },
                 }
             }
+        for path, operations in schema["paths"].items():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                for code, text in COMMON_ERROR_RESPONSES.items():
+                    # Replaces FastAPI's default 422 (its own shape): every error is the envelope.
+                    if code == "422" or code not in responses:
+                        responses[code] = {"description": text, **error}
+                if path in PLAIN_TEXT_ENDPOINTS:
+                    responses["200"] = {
+                        "description": PLAIN_TEXT_ENDPOINTS[path],
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.pop(unused, None)
         app.openapi_schema = schema
         return schema
 
