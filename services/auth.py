@@ -61,6 +61,11 @@ class Caller:
     admin: bool
 
 
+# Shared instances: the common cases allocate nothing per request.
+OPEN_ACCESS = Caller(ANONYMOUS, admin=True)  # no keys configured: everything is open
+PUBLIC_CALLER = Caller(ANONYMOUS, admin=False)
+
+
 @dataclass(frozen=True, slots=True)
 class Denied:
     status: int  # 401 no or unknown key; 403 a client key on an admin endpoint
@@ -99,8 +104,10 @@ class KeyRing:
 
     def check(self, role: Role, authorization: str | None) -> Caller | Denied:
         """Admit or refuse a request needing `role`, from its Authorization header."""
-        if role == "public" or not self.enabled:
-            return Caller(ANONYMOUS, admin=not self.enabled)
+        if not self.enabled:
+            return OPEN_ACCESS
+        if role == "public":
+            return PUBLIC_CALLER
         if not authorization:
             return Denied(
                 401, "missing_api_key", "This endpoint needs 'Authorization: Bearer <key>'"
