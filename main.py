@@ -245,7 +245,7 @@ def capacity(config: ConfigOption = None) -> None:
     import aiohttp
 
     from services.capacity_planner import CapacityPlanner, build_scaler
-    from services.capacity_policy import Role
+    from services.capacity_policy import ROLES, Role
     from services.logs import configure_logging
     from services.redis_connection import async_client
     from services.scalers import Scaler
@@ -262,12 +262,10 @@ def capacity(config: ConfigOption = None) -> None:
         )
         async with aiohttp.ClientSession() as http:
             log_dir = Path(settings.log.dir)
-            scalers: dict[Role, Scaler] = {
-                "large": build_scaler(settings.capacity.large.model,
-                                      settings.capacity.large.scaler, http, log_dir),
-                "small": build_scaler(settings.capacity.small.model,
-                                      settings.capacity.small.scaler, http, log_dir),
-            }  # fmt: skip
+            scalers: dict[Role, Scaler] = {}
+            for role in ROLES:
+                managed = getattr(settings.capacity, role)  # capacity.large / capacity.small
+                scalers[role] = build_scaler(managed.model, managed.scaler, http, log_dir)
             planner = CapacityPlanner(settings, redis_client, scalers)
             try:
                 await planner.run(stopping)

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,6 +30,7 @@ from run import (
     cpu_seconds,
     ensure_tools,
     start_nginx,
+    stop_all,
     wait_http,
     write_config,
     wrk,
@@ -116,11 +115,7 @@ def main() -> None:
             print(f"external writer: {cpu:.0f} µs CPU per request; WAL backlog at the end: "
                   f"{backlog} bytes")  # fmt: skip
     finally:
-        for proc in reversed(procs):
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(15)
-        redis.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        stop_all(procs, redis, workdir)
 
 
 if __name__ == "__main__":

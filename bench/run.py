@@ -27,7 +27,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services.redis_connection import free_port, start_redis_server  # noqa: E402
+from services.redis_connection import (  # noqa: E402
+    EmbeddedRedis,
+    free_port,
+    start_redis_server,
+)
 
 COMPLETION = json.dumps(
     {
@@ -299,11 +303,16 @@ def main() -> None:
             print(f"added p50 latency at concurrency {c}: {added:.3f} ms")
         print(f"gateway worker RSS after the runs: {rss:.1f} MB")
     finally:
-        for proc in reversed(procs):
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(10)
-        redis.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        stop_all(procs, redis, workdir)
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], redis: EmbeddedRedis, workdir: Path) -> None:
+    """SIGTERM every process started (newest first), stop Redis, remove the scratch directory."""
+    for proc in reversed(procs):
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+    redis.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -206,6 +205,3 @@ class LoadReporter:
         self._requests -= requests
         for model, count in served.items():
             self._served[model] -= count
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"inflight": self.inflight, "unpublished_requests": self._requests}

@@ -395,17 +395,17 @@ class Gateway:
 
     async def sync_capacity(self) -> None:
         """Publish this process's load; read the planner's state and route to its replicas."""
+        if not self.settings.capacity.enabled:
+            return  # nobody reads the load counters: no Redis write for them
         if self.redis is None or self.gate is None or not self.gate.available:
             return
         try:
             await self.load.flush(self.redis)
-            if self.settings.capacity.enabled:
-                self.capacity = await read_state(self.redis, self.settings.redis.key_prefix)
+            self.capacity = await read_state(self.redis, self.settings.redis.key_prefix)
         except REDIS_ERRORS:
             return  # the gate notices; the last known state stays until Redis answers
-        if self.settings.capacity.enabled:
-            self.apply_replicas()
-            self.metrics.planner(self.capacity)
+        self.apply_replicas()
+        self.metrics.planner(self.capacity)
 
     def apply_replicas(self) -> None:
         """Make the routable replicas of the planner's state the router's extra deployments.

@@ -87,6 +87,7 @@ class _Process:
     port: int
     process: asyncio.subprocess.Process
     started: float
+    log: IO[bytes]  # the replica's output file, closed when it stops
     ready: bool = False
 
 
@@ -109,7 +110,6 @@ class ProcessScaler:
         self._log_dir = log_dir
         self._clock = clock
         self._procs: list[_Process] = []
-        self._logs: dict[int, IO[bytes]] = {}
 
     def argv(self, port: int) -> list[str]:
         """The replica's command line, placeholders substituted."""
@@ -136,8 +136,7 @@ class ProcessScaler:
                 *argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 preexec_fn=die_with_parent,
             )  # fmt: skip
-            self._logs[process.pid] = log
-            self._procs.append(_Process(port, process, self._clock()))
+            self._procs.append(_Process(port, process, self._clock(), log))
             logger.info("started {} replica on port {} (pid {}): {}", self._model, port,
                         process.pid, " ".join(argv))  # fmt: skip
         while len(self._procs) > replicas:
@@ -151,7 +150,7 @@ class ProcessScaler:
                 logger.error("{} replica on port {} exited with code {}; replacing it",
                              self._model, proc.port, code)  # fmt: skip
                 self._procs.remove(proc)
-                self._close_log(proc.process.pid)
+                proc.log.close()
                 continue
             if not proc.ready:
                 proc.ready = await self._healthy(proc.port)
@@ -195,10 +194,5 @@ class ProcessScaler:
             with contextlib.suppress(ProcessLookupError):
                 proc.process.kill()
             await proc.process.wait()
-        self._close_log(proc.process.pid)
+        proc.log.close()
         logger.info("stopped {} replica on port {}", self._model, proc.port)
-
-    def _close_log(self, pid: int) -> None:
-        log = self._logs.pop(pid, None)
-        if log is not None:
-            log.close()
