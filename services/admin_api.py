@@ -123,7 +123,7 @@ def resilience_routes(gw: Gateway) -> APIRouter:
                 ],
             }
 
-        chains = {name: [step(s) for s in steps] for name, steps in settings.chains.items()}
+        chains = {name: [step(s) for s in steps] for name, steps in settings.chain_steps().items()}
         return _json(
             {
                 "default_selector": settings.sessions.default_selector,

@@ -12,7 +12,6 @@ import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -36,7 +35,6 @@ from services.errors import (
     NotFound,
     RateLimited,
     SchemaError,
-    UpstreamError,
     envelope,
     render,
 )
@@ -57,6 +55,7 @@ from services.schemas import (
     SessionChatRequest,
 )
 from services.sessions import SessionStore
+from services.streaming import Turn, sse_body
 from services.usage import UsageRecorder, answer_chars
 
 T = TypeVar("T")
@@ -245,6 +244,7 @@ def create_app(
     )
     _install_error_handlers(app)
     max_messages = settings.api.max_messages
+    resilience = settings.resilience
     default_selector = settings.sessions.default_selector
     load = gw.load
 
@@ -377,7 +377,16 @@ def create_app(
         if isinstance(routed, RoutedStream):
             wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(
-                sse_body(routed, extra, wants_usage, executor(), recorder(), turn),
+                sse_body(
+                    routed,
+                    extra,
+                    wants_usage,
+                    executor(),
+                    recorder(),
+                    turn,
+                    resume=resilience.stream_resume,
+                    max_continuations=resilience.max_continuations,
+                ),
                 media_type="text/event-stream",
                 headers={**SSE_HEADERS, **headers},
             )
@@ -460,7 +469,7 @@ def create_app(
                 "ledger_writer": ledger.writer if ledger is not None else None,
                 "planner": gw.planner_view(),
                 "models": models,
-                "chains": settings.chains,
+                "chains": settings.chain_steps(),
             }
         )
 
@@ -491,86 +500,6 @@ def create_app(
         app.router.routes.insert(index, Route(path, endpoint, methods=["POST"]))
     document_lean_routes(app, [(e.__doc__ or "", path, body) for e, path, body in lean_routes])
     return app
-
-
-@dataclass(slots=True)
-class Turn:
-    """What the ledger needs to know about the request being answered."""
-
-    request: Json
-    request_id: str
-    session_id: str | None
-    selector: str
-    started: float
-
-
-async def sse_body(
-    routed: RoutedStream,
-    extra: Json,
-    wants_usage: bool,
-    executor: ChainExecutor,
-    recorder: UsageRecorder,
-    turn: Turn,
-) -> AsyncIterator[bytes]:
-    """Re-emit upstream chunks as SSE; an upstream failure after the first token ends the stream
-    with an error event (and no ``[DONE]``, so clients cannot take it for a complete answer).
-    The ledger record is written before the last event, so a client that saw the end of its
-    stream has its record, whatever happens to the process next."""
-    usage: Json | None = None
-    chars = 0
-    recorded = False
-
-    def encode(chunk: Json) -> bytes | None:
-        nonlocal usage, chars
-        if chunk.get("usage"):
-            usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            chars += len((choice.get("delta") or {}).get("content") or "")
-        if not wants_usage and not chunk.get("choices") and chunk.get("usage"):
-            return None  # we asked upstream for usage; the client did not
-        chunk["model"] = routed.model
-        chunk.update(extra)
-        return b"data: " + orjson.dumps(chunk) + b"\n\n"
-
-    def record(outcome: str | None) -> None:
-        nonlocal recorded
-        if not recorded:
-            recorded = True
-            recorder.answered(
-                routed,
-                request=turn.request,
-                request_id=turn.request_id,
-                session_id=turn.session_id,
-                selector=turn.selector,
-                usage=usage,
-                chars_out=chars,
-                seconds=time.perf_counter() - turn.started,
-                outcome=outcome,
-            )
-
-    try:
-        for chunk in routed.head:
-            if (event := encode(chunk)) is not None:
-                yield event
-        async for chunk in routed.rest:
-            if (event := encode(chunk)) is not None:
-                yield event
-        record(None)
-        yield b"data: [DONE]\n\n"
-    except UpstreamError as exc:
-        logger.warning("stream from {} broke after the first token: {}", routed.deployment, exc)
-        if routed.deployment is not None:
-            await executor.stream_broke(routed.deployment)
-        record("interrupted")
-        error = envelope(
-            f"the upstream stream failed: {type(exc).__name__}",
-            "upstream_error",
-            "stream_interrupted",
-        )
-        yield b"data: " + error + b"\n\n"
-    finally:
-        record("cancelled")  # the client went away mid-stream
-        await routed.stream.aclose()
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -17,7 +17,14 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = ROOT / "config" / "default.yaml"
@@ -92,8 +99,12 @@ class UpstreamSettings(_Section):
     """The shared HTTP client pool used for every provider."""
 
     connect_timeout_seconds: float = Field(2.0, gt=0)
+    # The longest one whole non-streamed attempt may take (never more than what is left of the
+    # walk's `resilience.deadline_seconds`); liveness is the first-token and stall deadlines.
     request_timeout_seconds: float = Field(60.0, gt=0)
     max_connections: int = Field(1000, ge=1)
+    # One SSE line (or a whole JSON answer) longer than this is a protocol error, not a 500.
+    max_line_bytes: int = Field(1_048_576, ge=1024)
 
 
 class SessionSettings(_Section):
@@ -125,8 +136,11 @@ class BreakerSettings(_Section):
     failure_rate: float = Field(0.5, gt=0, le=1)
     consecutive_failures: int = Field(5, ge=1)
     # The open wait doubles on each trip that follows a failed recovery, up to the cap, +/- jitter.
+    # The cap is what bounds how long a recovered deployment stays unused: with 20 s (+20 %
+    # jitter) a half-open probe reaches it at most 24 s after it recovered, while probes stay
+    # at two per 20 s per deployment however long the outage.
     open_seconds: float = Field(5.0, gt=0)
-    max_open_seconds: float = Field(120.0, gt=0)
+    max_open_seconds: float = Field(20.0, gt=0)
     open_jitter: float = Field(0.2, ge=0, lt=1)
     # Half-open admits this many concurrent probes; this many successes close the breaker.
     half_open_probes: int = Field(2, ge=1)
@@ -134,6 +148,20 @@ class BreakerSettings(_Section):
     probe_timeout_seconds: float = Field(30.0, gt=0)
     # A call slower than this (time to first token when streaming) counts as a failure.
     slow_call_seconds: float | None = Field(None, gt=0)
+
+
+class ProbeSettings(_Section):
+    """How the health monitor probes a deployment (docs/resilience.md, "Probes")."""
+
+    enabled: bool = True
+    # A path starting with `/` is taken from the server's root (vLLM, llama.cpp and
+    # `transformers serve` answer `/health` there); any other is appended to base_url. None: the
+    # provider's model list (`{base_url}/models`, Anthropic's `/v1/models`).
+    path: str | None = Field(None, pattern=r"^[^\s]*$", max_length=512)
+    method: Literal["GET", "HEAD"] = "GET"
+    # Statuses that prove the server is up. None: anything but 408, 429 and 5xx (a 401 or 404
+    # still says the server answers; the chat call will say what is wrong).
+    expect: list[int] | None = None
 
 
 class Deployment(_Section):
@@ -145,11 +173,33 @@ class Deployment(_Section):
     api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     name: str | None = Field(None, pattern=MODEL_NAME_RE.pattern)
     timeout_seconds: float | None = Field(None, gt=0)
+    # Overrides of resilience.ttft_seconds / stall_seconds for this deployment (a reasoning
+    # model that thinks for minutes before its first token needs a longer ttft).
+    ttft_seconds: float | None = Field(None, gt=0)
+    stall_seconds: float | None = Field(None, gt=0)
+    # Whether the server continues a trailing assistant message (prefill) when a broken stream
+    # is resumed on it. None: by provider (anthropic and simulated yes, openai no: OpenAI itself
+    # does not; set true for vLLM or llama.cpp servers that do).
+    supports_prefill: bool | None = None
     # Overrides of resilience.breaker for this deployment only (any subset of its keys).
     breaker: dict[str, Any] = Field(default_factory=dict)
-    # Whether the health monitor probes this deployment.
-    probe: bool = True
+    # The health monitor's probe: false turns it off, true or a mapping sets it up.
+    probe: ProbeSettings = ProbeSettings()
     simulation: Simulation = Simulation()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _probe_flag(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("probe"), bool):
+            data = {**data, "probe": {"enabled": data["probe"]}}
+        return data
+
+    @property
+    def prefill(self) -> bool:
+        """Whether a resumed stream may be continued here by assistant prefill."""
+        if self.supports_prefill is not None:
+            return self.supports_prefill
+        return self.provider in {"anthropic", "simulated"}
 
     @model_validator(mode="after")
     def _simulated_is_local(self) -> Deployment:
@@ -170,13 +220,42 @@ class Deployment(_Section):
 
 
 class RetrySettings(_Section):
-    """Retries of the same deployment, used only when no other deployment of the chain is usable."""
+    """Retries of the same deployment after a retryable failure (connect, 408, 429, 5xx), with
+    full-jitter backoff, before the walk fails over; a chain may carry its own (seed 001)."""
 
     max_retries: int = Field(2, ge=0, le=10)
-    base_delay_seconds: float = Field(0.2, gt=0)
+    base_delay_seconds: float = Field(0.5, gt=0)
     max_delay_seconds: float = Field(5.0, gt=0)
-    # A Retry-After longer than this is not waited for: the walk moves on or gives up.
-    max_retry_after_seconds: float = Field(10.0, ge=0)
+    # A Retry-After longer than this is not waited for: the walk fails over at once.
+    max_retry_after_seconds: float = Field(5.0, ge=0)
+
+
+class HedgeSettings(_Section):
+    """Hedged requests: when the first deployment has produced no first token after a delay, the
+    same request starts on the next usable one; the first to produce a token wins."""
+
+    enabled: bool = False
+    # The delay: fixed, or (`adaptive`) the first deployment's own recent TTFT p95, never below
+    # `after_seconds` and never above `max_after_seconds`.
+    after_seconds: float = Field(0.5, gt=0)
+    adaptive: bool = False
+    max_after_seconds: float = Field(5.0, gt=0)
+
+
+class Chain(_Section):
+    """A named fallback chain: its steps, and optionally its own retry policy and hedging.
+
+    Written as a plain list (`default: [a, b, cache, degraded]`) or a mapping
+    (`default: {steps: [...], retry: {max_retries: 3, base_delay_seconds: 1}}`)."""
+
+    steps: list[str] = Field(min_length=1)
+    retry: RetrySettings | None = None
+    hedge: HedgeSettings = HedgeSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _steps_only(cls, data: Any) -> Any:
+        return {"steps": data} if isinstance(data, list) else data
 
 
 class BudgetSettings(_Section):
@@ -220,8 +299,18 @@ class ResilienceSettings(_Section):
 
     # One deadline for the whole walk: every attempt, retry, backoff and jitter included.
     deadline_seconds: float = Field(30.0, gt=0)
-    # A stream whose first token has not arrived by then counts as failed and fails over.
-    stream_ttft_seconds: float = Field(15.0, gt=0)
+    # Every attempt, streamed or not, must produce its first content token within this (connect,
+    # response headers and first token included) or it fails over; never more than what is left
+    # of the deadline. `stream_ttft_seconds` is its old name, still accepted.
+    ttft_seconds: float = Field(
+        10.0, gt=0, validation_alias=AliasChoices("ttft_seconds", "stream_ttft_seconds")
+    )
+    # Once content flows, a silence longer than this between two chunks is a stall.
+    stall_seconds: float = Field(10.0, gt=0)
+    # A stream that breaks after content reached the client is continued on the next usable
+    # deployment (docs/resilience.md), at most `max_continuations` times.
+    stream_resume: bool = True
+    max_continuations: int = Field(2, ge=0, le=5)
     degraded_message: str = Field(
         "The service is under heavy load or partly unavailable. Please try again shortly.",
         min_length=1,
@@ -368,6 +457,13 @@ class ModelSettings(_Section):
     deployments: list[Deployment] = Field(default_factory=list)
     pricing: Pricing = Pricing()
     local: bool = False
+    # Tokens of context; a request too long for this model goes to a model with a larger one.
+    context_window: int | None = Field(None, ge=1)
+    # Where a `context_length_exceeded` goes (in order); empty: the later chain steps with a
+    # larger configured `context_window`.
+    context_window_fallback: list[str] = Field(default_factory=list)
+    # Where a content-policy rejection may go; empty: it is returned to the client as 400.
+    content_policy_fallback: list[str] = Field(default_factory=list)
 
 
 class Settings(_Section):
@@ -383,13 +479,18 @@ class Settings(_Section):
     ledger: LedgerSettings = LedgerSettings()
     capacity: CapacitySettings = CapacitySettings()
     models: dict[ModelName, ModelSettings] = Field(min_length=1)
-    chains: dict[ModelName, list[str]] = Field(default_factory=dict)
+    chains: dict[ModelName, Chain] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Settings:
-        for chain, steps in self.chains.items():
-            if not steps:
-                raise ValueError(f"chains.{chain}: a chain needs at least one step")
+        for model, model_settings in self.models.items():
+            for key in ("context_window_fallback", "content_policy_fallback"):
+                for other in getattr(model_settings, key):
+                    if other not in self.models or other == model:
+                        raise ValueError(f"models.{model}.{key}: {other!r} is not another model "
+                                         f"(models: {sorted(self.models)})")  # fmt: skip
+        for chain, definition in self.chains.items():
+            steps = definition.steps
             if chain in self.models:
                 raise ValueError(f"chains.{chain}: the name is already a model")
             for step in steps:
@@ -431,6 +532,20 @@ class Settings(_Section):
                 f"sessions.default_selector: {selector!r} is neither a model nor a chain"
             )
         return self
+
+    def chain_steps(self) -> dict[str, list[str]]:
+        """Every chain's steps, by name."""
+        return {name: chain.steps for name, chain in self.chains.items()}
+
+    def retry_policy(self, selector: str) -> RetrySettings:
+        """The chain's own retry policy, else resilience.retry (also for a model selector)."""
+        chain = self.chains.get(selector)
+        return chain.retry if chain is not None and chain.retry else self.resilience.retry
+
+    def hedge_policy(self, selector: str) -> HedgeSettings:
+        """The chain's hedging (off for a model selector)."""
+        chain = self.chains.get(selector)
+        return chain.hedge if chain is not None else HedgeSettings()
 
     def breaker_policy(self, deployment: Deployment) -> BreakerSettings:
         """The resilience.breaker settings with the deployment's own overrides applied."""

@@ -5,12 +5,18 @@
     ├── SchemaError           422     well-formed JSON of the wrong shape
     ├── NotFound              404     unknown session, model or route
     ├── PayloadTooLarge       413     body over the configured limit
+    ├── UpstreamRejected      400     an upstream refused the request itself (400/413/422)
+    │   ├── ContextLengthExceeded     too long for every model the chain could send it to
+    │   └── ContentFiltered           a content-policy refusal (code `content_filter`)
     └── UpstreamExhausted     502/503/504  every deployment of the chain failed
     UpstreamError                     raised by provider adapters, never shown raw to a client
     ├── UpstreamConnectError          connection refused/reset before a response (retryable)
-    ├── UpstreamTimeout               no answer within the per-attempt timeout (retryable)
+    │   └── UpstreamStreamCut         a stream ended early: no finish_reason and no [DONE]
+    ├── UpstreamTimeout               no first token, or a stall, within its deadline (retryable)
     ├── UpstreamHTTPError             non-2xx answer; retryable for 408, 429 and 5xx
-    └── UpstreamProtocolError         an answer we cannot parse (not retryable)
+    │   ├── UpstreamContextLength     400 context_length_exceeded: another model may take it
+    │   └── UpstreamContentPolicy     400 content-policy refusal
+    └── UpstreamProtocolError         an answer that is not a chat completion (fails over)
 
 Adapters translate aiohttp errors into UpstreamError with ``raise ... from exc``; the router turns
 an exhausted chain into UpstreamExhausted; `envelope` is the single renderer used by the app.
@@ -85,6 +91,24 @@ class PayloadTooLarge(InvalidRequest):
     code = "payload_too_large"
 
 
+class UpstreamRejected(InvalidRequest):
+    """The upstream refused the request as invalid; retrying elsewhere would not help."""
+
+    code = "upstream_rejected"
+
+
+class ContextLengthExceeded(UpstreamRejected):
+    """The request is longer than the context of every model it could go to."""
+
+    code = "context_length_exceeded"
+
+
+class ContentFiltered(UpstreamRejected):
+    """The upstream refused the content under its usage policy."""
+
+    code = "content_filter"
+
+
 class UpstreamExhausted(GatewayError):
     """Every deployment the chain allowed has failed; nothing could answer."""
 
@@ -112,14 +136,40 @@ class UpstreamTimeout(UpstreamError):
     """The upstream did not answer in time."""
 
 
+class UpstreamStreamCut(UpstreamConnectError):
+    """The stream ended without a finish_reason or [DONE]: a truncated answer, never a success."""
+
+
 class UpstreamHTTPError(UpstreamError):
     """The upstream answered with a non-2xx status."""
 
-    def __init__(self, deployment: str, status: int, detail: str, retry_after: float | None = None):
+    def __init__(
+        self,
+        deployment: str,
+        status: int,
+        detail: str,
+        retry_after: float | None = None,
+        *,
+        code: str | None = None,
+    ):
         super().__init__(deployment, f"HTTP {status}: {detail}")
         self.status = status
         self.retry_after = retry_after
         self.retryable = status in RETRYABLE_STATUSES
+        self.reason = detail  # the upstream's own message, shortened and redacted
+        self.code = code  # the upstream's error code, when it gave one
+
+
+class UpstreamContextLength(UpstreamHTTPError):
+    """The request is too long for this model; a model with a larger context may take it."""
+
+    retryable = False
+
+
+class UpstreamContentPolicy(UpstreamHTTPError):
+    """The upstream refused the content under its usage policy."""
+
+    retryable = False
 
 
 class UpstreamProtocolError(UpstreamError):

@@ -1,21 +1,27 @@
 """The chain executor: walks a request's plan until a deployment answers, then the tiers.
 
-For each deployment of the plan (SPEC §6):
+For each deployment of the plan (SPEC §6, docs/resilience.md):
 
-1. skip it if the health monitor says it is unhealthy or its breaker rejects the call;
+1. skip it if it is disabled, the health monitor says it is unhealthy, or its breaker rejects
+   the call;
 2. every attempt after the request's first needs a token from the retry budget; without one the
    walk stops and the tiers answer;
-3. call it within what is left of the request's deadline (and, for a stream, within the
-   time-to-first-token deadline: the first content chunk is read before anything is sent, so
-   failing over stays invisible to the client);
-4. a success (or a slow success, if the breaker counts those) and a failure are reported to the
-   breaker and the health monitor; an upstream 400/413/422 ends the walk as the client's fault;
-5. a retryable failure is retried on the same deployment, after full-jitter backoff honouring
-   `Retry-After`, only when no later deployment of the plan is usable; otherwise the walk moves
-   on at once (after the optional fallback jitter).
+3. open it streamed and wait for its first content token within its time-to-first-token
+   deadline (connect and response headers included), never longer than what is left of the
+   walk's deadline; a whole answer is then read with a stall deadline between chunks and
+   assembled, a stream is handed to the client;
+4. a success and a failure are reported to the breaker and the health monitor;
+5. a retryable failure (connect, 408, 429, 5xx, a cut stream) is retried on the same
+   deployment up to the chain's `max_retries`, after full-jitter backoff honouring `Retry-After`
+   up to a cap; a timeout has already spent its share of the walk, so it fails over at once
+   (and is retried only when nothing else is left); then the walk moves on;
+6. an upstream 400 that says the prompt is too long goes to a model with a larger context; a
+   content-policy refusal ends the walk as 400 `content_filter` (unless the model names a
+   `content_policy_fallback`); any other 400/413/422 ends it as the client's fault.
 
 When nothing answered: the `cache` tier (if the chain has it), then `degraded` (if it has it),
-else 503 (504 when only timeouts happened).
+else 503 (504 when only timeouts happened). A stream that breaks after content reached the
+client is continued elsewhere by `resume` (services/continuation.py).
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -32,17 +39,23 @@ from loguru import logger
 from services.backoff import backoff_delay
 from services.breaker import Admission, Outcome
 from services.breaker_store import BreakerStore
-from services.config import ResilienceSettings
+from services.config import Deployment, RetrySettings, Settings
+from services.continuation import continuation_request
 from services.errors import (
-    InvalidRequest,
+    ContentFiltered,
+    ContextLengthExceeded,
+    UpstreamContentPolicy,
+    UpstreamContextLength,
     UpstreamError,
     UpstreamExhausted,
     UpstreamHTTPError,
+    UpstreamRejected,
     UpstreamTimeout,
 )
 from services.fallback_stats import FallbackStatistics
 from services.health_monitor import HealthMonitor
 from services.providers.base import ChunkStream, Json
+from services.providers.shapes import Assembler
 from services.response_cache import ResponseCache
 from services.retry_budget import RetryBudget
 from services.router import Candidate, Router
@@ -56,11 +69,7 @@ CLIENT_FAULT_STATUSES = frozenset({400, 413, 422})
 BREAKER_COUNTED_4XX = frozenset({408, 429})
 FALLBACK_HEADER = {"primary": "false", "fallback": "true", "cache": "cache", "degraded": "degraded"}
 
-
-class UpstreamRejected(InvalidRequest):
-    """The upstream refused the request as invalid; retrying elsewhere would not help."""
-
-    code = "upstream_rejected"
+__all__ = ["Attempt", "ChainExecutor", "Opened", "Routed", "RoutedStream", "UpstreamRejected"]
 
 
 @dataclass(slots=True)
@@ -87,6 +96,9 @@ class Route:
     route: str
     log: list[Attempt] = field(default_factory=list)
     ttft_seconds: float | None = None
+    # Chunks skipped as unusable; a usage block dropped as untrustworthy (tokens estimated).
+    malformed: int = 0
+    usage_rejected: bool = False
 
     @property
     def fallback(self) -> str:
@@ -101,6 +113,19 @@ class Routed(Route):
     body: Json
 
 
+@dataclass(slots=True)
+class Opened:
+    """A deployment's stream once it produced its first content: the chunks so far (held back
+    until then) and the rest, each guarded by the stall deadline."""
+
+    candidate: Candidate
+    head: list[Json]
+    stream: ChunkStream
+    rest: AsyncIterator[Json]
+    ttft: float
+    prefill: bool = False  # opened as a continuation by assistant prefill
+
+
 @dataclass(slots=True, kw_only=True)
 class RoutedStream(Route):
     """An accepted stream: chunks already received (held back until content) and the rest."""
@@ -108,6 +133,10 @@ class RoutedStream(Route):
     head: list[Json]
     stream: ChunkStream
     rest: AsyncIterator[Json]
+    selector: str = ""
+    request: Json = field(default_factory=dict)
+    # Deployments that broke this stream: a continuation goes elsewhere.
+    broken: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -134,9 +163,15 @@ def has_content(chunk: Json) -> bool:
     """Whether a chunk carries something the client sees (text, a tool call, an end)."""
     for choice in chunk.get("choices") or ():
         delta = choice.get("delta") or {}
-        if delta.get("content") or delta.get("tool_calls") or choice.get("finish_reason"):
+        if (
+            delta.get("content")
+            or delta.get("tool_calls")
+            or delta.get("reasoning_content")
+            or delta.get("refusal")
+            or choice.get("finish_reason")
+        ):
             return True
-    return bool(chunk.get("usage"))
+    return False
 
 
 async def read_until_content(chunks: AsyncIterator[Json], deployment: str) -> list[Json]:
@@ -151,6 +186,21 @@ async def read_until_content(chunks: AsyncIterator[Json], deployment: str) -> li
     return head
 
 
+async def stall_guarded(
+    chunks: AsyncIterator[Json], deployment: str, stall: float
+) -> AsyncIterator[Json]:
+    """The chunks, failing with UpstreamTimeout when one takes longer than `stall` to come."""
+    while True:
+        try:
+            async with asyncio.timeout(stall):
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise UpstreamTimeout(deployment, f"the stream stalled for {stall:g}s") from exc
+        yield chunk
+
+
 def _reason(failure: UpstreamError) -> str:
     if isinstance(failure, UpstreamHTTPError):
         return f"HTTP {failure.status}"
@@ -163,7 +213,7 @@ class ChainExecutor:
     def __init__(
         self,
         router: Router,
-        settings: ResilienceSettings,
+        settings: Settings,
         *,
         breakers: BreakerStore,
         health: HealthMonitor,
@@ -171,33 +221,58 @@ class ChainExecutor:
         cache: ResponseCache,
         stats: FallbackStatistics,
         disabled: set[str] | None = None,
+        deployments: Mapping[str, tuple[str, Deployment]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
         self._router = router
-        self._settings = settings
+        self._all = settings
+        self._settings = settings.resilience
         self._breakers = breakers
         self._health = health
         self._budget = budget
         self._cache = cache
         self._stats = stats
         self._disabled = set() if disabled is None else disabled
+        # By name, including replicas the capacity planner adds later (the gateway's live table).
+        self._deployments = (
+            deployments
+            if deployments is not None
+            else {name: (model, d) for model, name, d in settings.deployments()}
+        )
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
 
+    # -- deadlines -----------------------------------------------------------------------------
+
+    def ttft_seconds(self, name: str) -> float:
+        """How long `name` may take to its first content token (its own, else the default)."""
+        found = self._deployments.get(name)
+        own = found[1].ttft_seconds if found is not None else None
+        return own or self._settings.ttft_seconds
+
+    def stall_seconds(self, name: str) -> float:
+        """How long `name` may go silent between two chunks."""
+        found = self._deployments.get(name)
+        own = found[1].stall_seconds if found is not None else None
+        return own or self._settings.stall_seconds
+
+    def _attempt_seconds(self, name: str) -> float:
+        found = self._deployments.get(name)
+        own = found[1].timeout_seconds if found is not None else None
+        return own or self._all.upstream.request_timeout_seconds
+
+    # -- entry points --------------------------------------------------------------------------
+
     async def complete(self, selector: str, request: Json) -> Routed:
-        """Answer a non-streamed request."""
+        """Answer a non-streamed request (read from the upstream as a stream, assembled)."""
         tiers = self._router.tiers(selector)
         walk = Walk(deadline=self._clock() + self._settings.deadline_seconds)
-
-        async def call(candidate: Candidate) -> Json:
-            return await candidate.provider.complete(request)
-
-        found = await self._walk(selector, walk, call)
+        found = await self._walk(selector, request, walk, self._assemble)
         if found is not None:
-            body, candidate, route = found
+            (body, stream), candidate, route = found
             if "cache" in tiers:
                 self._cache.remember(self._cache.key(selector, request), body)
             return Routed(
@@ -207,6 +282,8 @@ class ChainExecutor:
                 attempts=walk.attempts,
                 route=route,
                 log=walk.log,
+                malformed=stream.malformed,
+                usage_rejected=stream.usage_rejected,
             )
         body, route = await self._from_tiers(selector, tiers, request, walk)
         model = str(body.get("model") or route)
@@ -223,39 +300,25 @@ class ChainExecutor:
         """Answer a streamed request: return once a deployment has produced its first content."""
         tiers = self._router.tiers(selector)
         walk = Walk(deadline=self._clock() + self._settings.deadline_seconds)
-        ttft = self._settings.stream_ttft_seconds
 
-        async def call(
-            candidate: Candidate,
-        ) -> tuple[list[Json], ChunkStream, AsyncIterator[Json], float]:
-            name = candidate.provider.name
-            started = self._clock()
-            stream = await candidate.provider.open_stream(request)
-            try:
-                rest = aiter(stream)
-                try:
-                    async with asyncio.timeout(ttft):
-                        head = await read_until_content(rest, name)
-                except TimeoutError as exc:
-                    raise UpstreamTimeout(name, f"no first token within {ttft:g}s") from exc
-            except BaseException:
-                await stream.aclose()
-                raise
-            return head, stream, rest, self._clock() - started
+        async def opened(result: Opened) -> Opened:
+            return result
 
-        found = await self._walk(selector, walk, call)
+        found = await self._walk(selector, request, walk, opened)
         if found is not None:
-            (head, stream, rest, ttft), candidate, route = found
+            result, candidate, route = found
             return RoutedStream(
-                head=head,
-                stream=stream,
-                rest=rest,
+                head=result.head,
+                stream=result.stream,
+                rest=result.rest,
                 model=candidate.model,
                 deployment=candidate.provider.name,
                 attempts=walk.attempts,
                 route=route,
                 log=walk.log,
-                ttft_seconds=ttft,
+                ttft_seconds=result.ttft,
+                selector=selector,
+                request=request,
             )
         body, route = await self._from_tiers(selector, tiers, request, walk)
         replay = ReplayedStream()
@@ -268,22 +331,126 @@ class ChainExecutor:
             attempts=walk.attempts,
             route=route,
             log=walk.log,
+            selector=selector,
+            request=request,
         )
 
-    async def stream_broke(self, deployment: str) -> None:
-        """A stream failed after its first token: the breaker and health monitor hear of it."""
+    async def stream_broke(self, routed: RoutedStream, failure: UpstreamError) -> None:
+        """A stream failed after its first token: the breaker and health monitor hear of it,
+        and the ledger's attempt log."""
+        name = routed.deployment
         self._stats.count("streams_interrupted")
-        self._health.observe(deployment, False, 0.0)
-        await self._breakers.record(deployment, Outcome.FAILURE)
+        if name is None:
+            return
+        routed.broken.add(name)
+        model = self._deployments[name][0] if name in self._deployments else routed.model
+        routed.log.append(Attempt(name, model, False, 0.0, 0, type(failure).__name__, True))
+        self._health.observe(name, False, 0.0)
+        await self._breakers.record(name, Outcome.FAILURE)
+
+    async def resume(self, routed: RoutedStream, sent_text: str) -> Opened | None:
+        """Continue a broken stream on the next usable deployment of its plan; None if none
+        could (no deployment left, the budget spent, or each one failed or refused)."""
+        for candidate in self._router.candidates(routed.selector):
+            name = candidate.provider.name
+            if name in routed.broken or not self._usable(name):
+                continue
+            found = self._deployments.get(name)
+            prefill = found[1].prefill if found is not None else False
+            request = continuation_request(routed.request, sent_text, prefill=prefill)
+            if not self._budget.try_withdraw():
+                self._stats.count("budget_exhausted")
+                return None
+            admission = await self._breakers.admit(name)
+            if admission is Admission.REJECT:
+                continue
+            probe = admission is Admission.PROBE
+            started = self._clock()
+            try:
+                opened = await self._open(candidate, request, self.ttft_seconds(name))
+            except UpstreamError as exc:
+                elapsed = self._clock() - started
+                counted = counts_against_breaker(exc)
+                status = exc.status if isinstance(exc, UpstreamHTTPError) else 0
+                routed.log.append(Attempt(name, candidate.model, False, elapsed, status,
+                                          type(exc).__name__, counted))  # fmt: skip
+                outcome = Outcome.FAILURE if counted else Outcome.IGNORED
+                await self._breakers.record(name, outcome, probe=probe)
+                logger.warning("continuing the stream on {} failed: {}", name, exc)
+                routed.broken.add(name)
+                continue
+            except BaseException:
+                await self._release(name, probe)
+                raise
+            elapsed = self._clock() - started
+            await self._succeeded(name, probe, elapsed)
+            routed.log.append(Attempt(name, candidate.model, True, elapsed, 200))
+            self._stats.count("streams_resumed")
+            logger.info(
+                "stream continued on {} ({})", name, "prefill" if prefill else "instruction"
+            )
+            opened.prefill = prefill
+            return opened
+        return None
+
+    # -- one attempt -----------------------------------------------------------------------------
+
+    async def _open(self, candidate: Candidate, request: Json, ttft: float) -> Opened:
+        """Open `candidate` streamed and read until its first content, within `ttft`."""
+        provider = candidate.provider
+        name = provider.name
+        started = self._clock()
+        stream: ChunkStream | None = None
+        try:
+            async with asyncio.timeout(ttft):
+                stream = await provider.open_stream(request)
+                chunks = aiter(stream)
+                head = await read_until_content(chunks, name)
+        except TimeoutError as exc:
+            if stream is not None:
+                await stream.aclose()
+            raise UpstreamTimeout(name, f"no first token within {ttft:g}s") from exc
+        except BaseException:
+            if stream is not None:
+                await stream.aclose()
+            raise
+        rest = stall_guarded(chunks, name, self.stall_seconds(name))
+        return Opened(candidate, head, stream, rest, self._clock() - started)
+
+    async def _assemble(self, opened: Opened) -> tuple[Json, ChunkStream]:
+        """Read the rest of an opened stream into one chat.completion."""
+        assembler = Assembler()
+        try:
+            for chunk in opened.head:
+                assembler.add(chunk)
+            async for chunk in opened.rest:
+                assembler.add(chunk)
+        finally:
+            await opened.stream.aclose()
+        return assembler.completion(), opened.stream
 
     # -- the walk ------------------------------------------------------------------------------
 
+    def _usable(self, name: str) -> bool:
+        return (
+            name not in self._disabled
+            and self._health.healthy(name)
+            and self._breakers.usable(name)
+        )
+
     async def _walk(
-        self, selector: str, walk: Walk, call: Callable[[Candidate], Awaitable[T]]
+        self,
+        selector: str,
+        request: Json,
+        walk: Walk,
+        finish: Callable[[Opened], Awaitable[T]],
     ) -> tuple[T, Candidate, str] | None:
-        plan = self._router.candidates(selector)
+        plan = deque(self._router.candidates(selector))
+        first_model = self._router.first_model(selector)
+        policy = self._all.retry_policy(selector)
         self._budget.deposit()
-        for index, candidate in enumerate(plan):
+        while plan:
+            candidate = plan.popleft()
             name = candidate.provider.name
             if name in self._disabled or not self._health.healthy(name):
                 continue
@@ -305,13 +472,18 @@ class ChainExecutor:
                     await self._release(name, probe)
                     return None
                 walk.attempts += 1
+                walk.retries += 1 if retries else 0
                 started = self._clock()
+                limit = min(remaining, self._attempt_seconds(name))
                 try:
-                    async with asyncio.timeout(remaining) as scope:
-                        result = await call(candidate)
+                    async with asyncio.timeout(limit):
+                        opened = await self._open(
+                            candidate, request, min(self.ttft_seconds(name), remaining)
+                        )
+                        result = await finish(opened)
                 except TimeoutError:
-                    walk.deadline_hit = scope.expired()
-                    failure: UpstreamError = UpstreamTimeout(name, "the request deadline passed")
+                    walk.deadline_hit = limit >= remaining
+                    failure: UpstreamError = UpstreamTimeout(name, f"no answer within {limit:g}s")
                 except UpstreamError as exc:
                     failure = exc
                 except BaseException:
@@ -319,57 +491,88 @@ class ChainExecutor:
                     raise
                 else:
                     elapsed = self._clock() - started
-                    slow = await self._succeeded(name, probe, elapsed)
+                    slow = await self._succeeded(name, probe, opened.ttft)
                     walk.log.append(Attempt(name, candidate.model, True, elapsed, 200, None, slow))
-                    route = "primary" if candidate.model == plan[0].model else "fallback"
+                    route = "primary" if candidate.model == first_model else "fallback"
                     self._stats.served(route, candidate.model, walk.attempts, walk.retries)
                     return result, candidate, route
                 elapsed = self._clock() - started
-                status = failure.status if isinstance(failure, UpstreamHTTPError) else 0
-                walk.log.append(
-                    Attempt(
-                        name,
-                        candidate.model,
-                        False,
-                        elapsed,
-                        status,
-                        type(failure).__name__,
-                        counts_against_breaker(failure),
-                    )
-                )
-                walk.failures.append(failure)
                 await self._failed(candidate, failure, probe, elapsed, walk)
                 if walk.deadline_hit:
                     return None
-                delay = self._retry_delay(failure, retries, plan[index + 1 :], walk)
+                if self._replan(failure, candidate, plan, walk):
+                    break
+                delay = self._retry_delay(failure, retries, policy, plan, walk)
                 if delay is None:
                     break
                 await self._sleep(delay)
                 retries += 1
-                walk.retries += 1
         return None
 
+    def _replan(
+        self, failure: UpstreamError, candidate: Candidate, plan: deque[Candidate], walk: Walk
+    ) -> bool:
+        """Re-plan after a 400 that another model could take; raise when none can."""
+        if not isinstance(failure, UpstreamContextLength | UpstreamContentPolicy):
+            return False
+        model = candidate.model
+        settings = self._all.models.get(model)
+        if isinstance(failure, UpstreamContextLength):
+            targets = settings.context_window_fallback if settings is not None else []
+            if not targets:
+                own = (settings.context_window if settings is not None else None) or 0
+                targets = [
+                    step.model
+                    for step in plan
+                    if (self._all.models[step.model].context_window or 0) > own
+                    if step.model in self._all.models
+                ]
+            error: UpstreamRejected = ContextLengthExceeded(
+                f"the request is longer than the context of {model}"
+                + (" and of every model it could go to" if targets else "")
+                + f": {failure.reason}"
+            )
+        else:
+            targets = settings.content_policy_fallback if settings is not None else []
+            error = ContentFiltered(f"{model} refused the content: {failure.reason}")
+        tried = {a.deployment for a in walk.log}
+        fresh = [
+            c
+            for target in dict.fromkeys(targets)
+            for c in self._router.candidates(target)
+            if c.provider.name not in tried
+        ]
+        if not fresh:
+            error.attempt_log = walk.log
+            raise error from failure
+        logger.info("{} from {}: trying {}", type(failure).__name__.removeprefix("Upstream"),
+                    model, ", ".join(dict.fromkeys(c.model for c in fresh)))  # fmt: skip
+        plan.clear()
+        plan.extend(fresh)
+        return True
+
     def _retry_delay(
-        self, failure: UpstreamError, retries: int, rest: list[Candidate], walk: Walk
+        self,
+        failure: UpstreamError,
+        retries: int,
+        policy: RetrySettings,
+        rest: deque[Candidate],
+        walk: Walk,
     ) -> float | None:
         """The wait before retrying the same deployment, or None to move on."""
-        retry = self._settings.retry
-        if not failure.retryable or retries >= retry.max_retries:
+        if not failure.retryable or retries >= policy.max_retries:
             return None
-        if any(
-            c.provider.name not in self._disabled
-            and self._health.healthy(c.provider.name)
-            and self._breakers.usable(c.provider.name)
-            for c in rest
+        if isinstance(failure, UpstreamTimeout) and any(
+            self._usable(c.provider.name) for c in rest
         ):
-            return None  # another deployment can take it now: no waiting, no second call here
+            return None  # the timeout spent its share of the walk: let the next one have it
         delay = backoff_delay(
             retries + 1,
-            base=retry.base_delay_seconds,
-            cap=retry.max_delay_seconds,
+            base=policy.base_delay_seconds,
+            cap=policy.max_delay_seconds,
             draw=self._rng.random(),
             retry_after=failure.retry_after if isinstance(failure, UpstreamHTTPError) else None,
-            max_retry_after=retry.max_retry_after_seconds,
+            max_retry_after=policy.max_retry_after_seconds,
         )
         if delay is None or self._clock() + delay >= walk.deadline:
             return None
@@ -395,14 +598,22 @@ class ChainExecutor:
     ) -> None:
         name = candidate.provider.name
         counted = counts_against_breaker(failure)
+        status = failure.status if isinstance(failure, UpstreamHTTPError) else 0
+        walk.log.append(Attempt(name, candidate.model, False, seconds, status,
+                                type(failure).__name__, counted))  # fmt: skip
+        walk.failures.append(failure)
         await self._breakers.record(
             name, Outcome.FAILURE if counted else Outcome.IGNORED, probe=probe
         )
         if counted:
             self._health.observe(name, False, seconds)
         logger.warning("attempt on {} ({}) failed: {}", name, candidate.model, failure)
-        if isinstance(failure, UpstreamHTTPError) and failure.status in CLIENT_FAULT_STATUSES:
-            rejected = UpstreamRejected(f"{candidate.model} rejected the request: {failure.detail}")
+        if (
+            isinstance(failure, UpstreamHTTPError)
+            and failure.status in CLIENT_FAULT_STATUSES
+            and not isinstance(failure, UpstreamContextLength | UpstreamContentPolicy)
+        ):
+            rejected = UpstreamRejected(f"{candidate.model} rejected the request: {failure.reason}")
             rejected.attempt_log = walk.log
             raise rejected from failure
 

@@ -49,19 +49,19 @@ def build_provider(
     session: aiohttp.ClientSession,
     environ: Mapping[str, str],
 ) -> Provider:
-    """The adapter of one deployment; its key is read from the env var the config names."""
+    """The adapter of one deployment; its key is read from the env var the config names.
+
+    aiohttp bounds only the connect: how long an attempt may wait for its first token, or
+    between two chunks, is the executor's (per deployment, within the walk's deadline)."""
     up = settings.upstream
-    total = deployment.timeout_seconds or up.request_timeout_seconds
     kwargs = {
         "base_url": deployment.base_url,
         "upstream_model": deployment.model,
         "api_key": environ.get(deployment.api_key_env) if deployment.api_key_env else None,
         "session": session,
-        "timeout": aiohttp.ClientTimeout(total=total, sock_connect=up.connect_timeout_seconds),
-        # A stream may run long; what must not happen is a long silence between chunks.
-        "stream_timeout": aiohttp.ClientTimeout(
-            total=None, sock_connect=up.connect_timeout_seconds, sock_read=total
-        ),
+        "timeout": aiohttp.ClientTimeout(total=None, sock_connect=up.connect_timeout_seconds),
+        "probe": deployment.probe,
+        "max_line_bytes": up.max_line_bytes,
     }
     if deployment.provider == "anthropic":
         return AnthropicProvider(name, **kwargs)  # type: ignore[arg-type]
@@ -210,14 +210,16 @@ class Gateway:
         )
         self.gate.on_recover(self.breakers.sync)
         self.health = HealthMonitor(
-            resilience.health, by_name, probed={n for n, d in deployments.items() if d.probe}
+            resilience.health,
+            by_name,
+            probed={n for n, d in deployments.items() if d.probe.enabled},
         )
         self.cache = ResponseCache(self.redis, self.gate, resilience.cache, prefix=prefix)
         self.stats = FallbackStatistics(self.redis, self.gate, prefix=prefix)
         budget = resilience.budget
         self.executor = ChainExecutor(
             self.router,
-            resilience,
+            settings,
             breakers=self.breakers,
             health=self.health,
             budget=RetryBudget(
@@ -228,6 +230,7 @@ class Gateway:
             cache=self.cache,
             stats=self.stats,
             disabled=self.disabled,
+            deployments=self.deployment_table,
         )
         self.sessions = SessionStore(
             self.redis,

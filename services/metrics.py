@@ -93,6 +93,13 @@ class Metrics:
             "llm_tokens", "Tokens by model and direction.", ["model", "direction"], registry=r
         )
         self.cost = Counter("llm_cost_usd", "Cost in USD by model.", ["model"], registry=r)
+        self.anomalies = Counter(
+            "llm_upstream_anomalies",
+            "Upstream answers repaired at the boundary: chunks skipped as malformed, usage "
+            "blocks dropped as untrustworthy (tokens then estimated).",
+            ["deployment", "kind"],
+            registry=r,
+        )
         self.sessions = Counter(
             "gateway_sessions_created", "Sessions created or re-pinned.", registry=r
         )
@@ -170,6 +177,10 @@ class Metrics:
         self._child(self.tokens, model, "input").inc(tokens_in)
         self._child(self.tokens, model, "output").inc(tokens_out)
         self._child(self.cost, model).inc(cost_usd)
+
+    def anomaly(self, deployment: str, kind: str, count: int = 1) -> None:
+        """Something an upstream sent that had to be skipped or replaced."""
+        self._child(self.anomalies, deployment, kind).inc(count)
 
     def breaker(self, name: str, state: str) -> None:
         """A breaker's current state, as this process sees it."""

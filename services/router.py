@@ -33,7 +33,7 @@ class Router:
         self._extra: dict[str, tuple[Provider, ...]] = {}
         self._deployments = dict(self._static)
         self._chains: dict[str, tuple[str, ...]] = {m: (m,) for m in settings.models}
-        self._chains.update({name: tuple(steps) for name, steps in settings.chains.items()})
+        self._chains.update({name: tuple(steps) for name, steps in settings.chain_steps().items()})
         self._tiers = {
             name: frozenset(step for step in steps if step in TIERS)
             for name, steps in self._chains.items()
@@ -79,6 +79,10 @@ class Router:
                     seen.add(provider.name)
                     ordered.append(Candidate(step, provider))
         return ordered
+
+    def first_model(self, selector: str) -> str | None:
+        """The chain's first model: an answer from any other is a fallback."""
+        return next((step for step in self.resolve(selector) if step not in TIERS), None)
 
     def tiers(self, selector: str) -> frozenset[str]:
         """The tier steps (`cache`, `degraded`) of a selector's chain."""

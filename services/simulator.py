@@ -10,13 +10,30 @@ faults::
     GET  /_sim/stats      -> {"requests": 12, "failures": 3, "ready": true}
     POST /_sim/reset      -> counters to zero, behaviour back to the start-up settings
 
-Failure modes: ``status`` (an error answer), ``hang`` (no answer for ``hang_seconds``), ``drop``
-(close the connection before answering) and ``drop_mid_stream`` (close it after two chunks).
+Failure modes (docs/simulator.md has the table): ``status`` (an error answer), ``hang`` (no
+answer for ``hang_seconds``), ``drop`` (close the connection before answering),
+``drop_mid_stream`` (close it after ``drop_after_events`` events), ``hang_after_headers`` (send
+the headers, then nothing), ``stall_mid_stream`` (go silent after ``drop_after_events`` events),
+``truncate`` (end the body cleanly after ``drop_after_events`` events: no finish reason, no
+``[DONE]``), ``malformed_chunk`` (one garbage ``data:`` line after ``drop_after_events`` events,
+then carry on), ``oversized_line`` (a ``data:`` line of ``oversized_bytes``), ``bogus`` (200 with
+``bogus_body`` as the whole answer or as one chunk), ``context_length`` and ``content_filter``
+(400 with OpenAI's real error bodies). ``fail_next`` makes only the next N requests fail, which
+is how "a single 500" is made.
+
+Besides faults: ``first_token_ms`` (a delay after the headers, before the first token),
+``slow_rate``/``slow_ms`` (a heavy tail on that delay), ``usage_override`` (a usage block to send
+instead of the real one), ``usage_on_last_chunk`` (`transformers serve`'s habit), ``models_status``
+(what ``GET /v1/models`` answers while chat works) and ``prefill`` (``continue``: a trailing
+assistant message is continued, the way real prefill works; ``reject``: 400 like a provider
+without prefill). A continuation instruction (a user message after the partial answer) is
+answered with the rest of the answer, repeating its last two words first, as models tend to.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -27,7 +44,25 @@ from aiohttp import web
 
 from services.config import Simulation
 
-FailureMode = Literal["status", "hang", "drop", "drop_mid_stream"]
+FailureMode = Literal[
+    "status", "hang", "drop", "drop_mid_stream", "hang_after_headers", "stall_mid_stream",
+    "truncate", "malformed_chunk", "oversized_line", "bogus", "context_length", "content_filter",
+]  # fmt: skip
+FAILURE_MODES = frozenset(FailureMode.__args__)  # type: ignore[attr-defined]
+# Modes that fail a request only once its stream (or answer) has started.
+MID_STREAM_MODES = frozenset(
+    {"drop_mid_stream", "hang_after_headers", "stall_mid_stream", "truncate", "malformed_chunk",
+     "oversized_line", "bogus"}
+)  # fmt: skip
+CONTEXT_LENGTH_ERROR = (
+    "This model's maximum context length is 8192 tokens. However, your messages resulted in "
+    "9000 tokens. Please reduce the length of the messages."
+)
+CONTENT_FILTER_ERROR = (
+    "The response was filtered due to the prompt triggering content management policy. "
+    "Please modify your prompt and retry."
+)
+PREFILL_ERROR = "This model does not support assistant message prefill."
 WORDS = (
     "the", "gateway", "routed", "this", "reply", "through", "a", "simulated", "model", "so",
     "that", "every", "failure", "path", "can", "be", "tested", "without", "a", "real", "provider",
@@ -46,8 +81,19 @@ class Behaviour:
     failure_status: int = 500
     retry_after: float | None = None
     hang_seconds: float = 300.0
-    # drop_mid_stream closes the connection after this many SSE events (1 = after the role chunk).
+    # Mid-stream faults strike after this many SSE events (1 = after the role chunk).
     drop_after_events: int = 2
+    # >0: only the next N chat requests fail (then the server is healthy again).
+    fail_next: int = 0
+    first_token_ms: float = 0.0
+    slow_rate: float = 0.0
+    slow_ms: float = 0.0
+    oversized_bytes: int = 2_000_000
+    bogus_body: Any = None
+    usage_override: Any = None
+    usage_on_last_chunk: bool = False
+    models_status: int | None = None
+    prefill: Literal["continue", "reject"] = "continue"
 
     @classmethod
     def from_simulation(cls, sim: Simulation) -> Behaviour:
@@ -69,10 +115,12 @@ class Behaviour:
         if unknown:
             raise ValueError(f"unknown behaviour keys: {sorted(unknown)}")
         new = replace(self, **changes)
-        if not 0 <= new.failure_rate <= 1:
-            raise ValueError("failure_rate must be within [0, 1]")
-        if new.failure_mode not in {"status", "hang", "drop", "drop_mid_stream"}:
+        if not 0 <= new.failure_rate <= 1 or not 0 <= new.slow_rate <= 1:
+            raise ValueError("failure_rate and slow_rate must be within [0, 1]")
+        if new.failure_mode not in FAILURE_MODES:
             raise ValueError(f"unknown failure_mode {new.failure_mode!r}")
+        if new.prefill not in {"continue", "reject"}:
+            raise ValueError(f"unknown prefill {new.prefill!r}")
         if new.tokens_per_second <= 0 or new.response_tokens < 1:
             raise ValueError("tokens_per_second must be > 0 and response_tokens >= 1")
         return new
@@ -142,10 +190,13 @@ class SimulatedModelServer:
         return web.json_response({"status": "starting", "ready_in": remaining}, status=503)
 
     async def models(self, request: web.Request) -> web.Response:
-        """An OpenAI model list with the one model served; injected faults apply here too (a
-        broken server fails its health probes), without counting as chat requests."""
+        """An OpenAI model list with the one model served. `models_status` makes it fail while
+        chat works (as `transformers serve` without a hub cache does); connection-level faults
+        apply here too (a broken server fails its health probes), without counting as chat."""
         behaviour = self.behaviour
-        broken = behaviour.failure_mode != "drop_mid_stream"
+        if behaviour.models_status is not None:
+            return self._error(behaviour.models_status, "api_error", "no model list", True)
+        broken = behaviour.failure_mode in {"status", "hang", "drop"}
         if broken and behaviour.failure_rate > 0 and self._rng.random() < behaviour.failure_rate:
             return await self._fail(request, behaviour, openai_format=True)
         item = {"id": self.name, "object": "model", "created": 0, "owned_by": "simulated"}
@@ -188,12 +239,23 @@ class SimulatedModelServer:
         """Anthropic Messages, JSON or SSE."""
         return await self._serve(request, openai_format=False)
 
+    def _take_failure(self) -> bool:
+        """Whether this request fails: one of the next `fail_next`, or by `failure_rate`."""
+        behaviour = self.behaviour
+        if behaviour.fail_next > 0:
+            self.behaviour = replace(behaviour, fail_next=behaviour.fail_next - 1)
+            return True
+        return behaviour.failure_rate > 0 and self._rng.random() < behaviour.failure_rate
+
     async def _serve(self, request: web.Request, *, openai_format: bool) -> web.StreamResponse:
         self.requests += 1
         try:
             body = orjson.loads(await request.read())
             messages = body["messages"]
+            valid = isinstance(messages, list) and bool(messages)
         except (orjson.JSONDecodeError, KeyError, TypeError):
+            valid = False
+        if not valid:
             return self._error(
                 400, "invalid_request_error", "body must be JSON with messages", openai_format
             )
@@ -203,10 +265,20 @@ class SimulatedModelServer:
                 503, "overloaded_error", "model is still loading", openai_format, 1.0
             )
         behaviour = self.behaviour
-        failing = behaviour.failure_rate > 0 and self._rng.random() < behaviour.failure_rate
-        if failing and behaviour.failure_mode != "drop_mid_stream":
+        mode = behaviour.failure_mode if self._take_failure() else None
+        if mode is not None:
             self.failures += 1
+        if mode in {"status", "hang", "drop"}:
             return await self._fail(request, behaviour, openai_format)
+        if mode == "context_length":
+            return self._error(400, "invalid_request_error", CONTEXT_LENGTH_ERROR, openai_format,
+                               code="context_length_exceeded")  # fmt: skip
+        if mode == "content_filter":
+            return self._error(400, "invalid_request_error", CONTENT_FILTER_ERROR, openai_format,
+                               code="content_filter")  # fmt: skip
+        start = _continuation_start(messages)
+        if start and _is_prefill(messages) and behaviour.prefill == "reject":
+            return self._error(400, "invalid_request_error", PREFILL_ERROR, openai_format)
 
         limit = (
             body.get("max_completion_tokens") or body.get("max_tokens") or behaviour.response_tokens
@@ -215,46 +287,90 @@ class SimulatedModelServer:
         # Like a real provider, answer as the model that was asked for (or our own name).
         model = str(body.get("model") or self.name)[:128]
         words = [f"[{model}]"] + [WORDS[i % len(WORDS)] for i in range(n_tokens - 1)]
-        pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
+        pieces = [w if i == 0 else " " + w for i, w in enumerate(words)][start:]
+        pieces = pieces or [" ."]
         prompt_tokens = _count_tokens(messages)
         await asyncio.sleep(behaviour.latency_ms / 1000)
         self._ids += 1
         ident = f"sim-{self._ids}"
+        first_token = behaviour.first_token_ms / 1000
+        if behaviour.slow_rate > 0 and self._rng.random() < behaviour.slow_rate:
+            first_token += behaviour.slow_ms / 1000
+        if mode == "bogus":  # 200 with a JSON answer that is not a chat completion
+            return web.Response(
+                body=orjson.dumps(behaviour.bogus_body), content_type="application/json"
+            )
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(pieces),
+            "total_tokens": prompt_tokens + len(pieces),
+        }
+        if behaviour.usage_override is not None:
+            usage = behaviour.usage_override
         if not body.get("stream"):
-            await asyncio.sleep(n_tokens / behaviour.tokens_per_second)
+            await asyncio.sleep(first_token + len(pieces) / behaviour.tokens_per_second)
             text = "".join(pieces)
             payload = (
-                _openai_completion(ident, model, text, prompt_tokens, n_tokens)
+                _openai_completion(ident, model, text, usage)
                 if openai_format
-                else _anthropic_message(ident, model, text, prompt_tokens, n_tokens)
+                else _anthropic_message(ident, model, text, usage)
             )
             return web.Response(body=orjson.dumps(payload), content_type="application/json")
-        drop_after = behaviour.drop_after_events if failing else None
-        if failing:
-            self.failures += 1
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         events = (
-            _openai_events(ident, model, pieces, prompt_tokens, include_usage)
+            _openai_events(
+                ident, model, pieces, usage, include_usage, behaviour.usage_on_last_chunk
+            )
             if openai_format
-            else _anthropic_events(ident, model, pieces, prompt_tokens)
+            else _anthropic_events(ident, model, pieces, usage)
         )
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await resp.prepare(request)
+        # The client may go away mid-stream: normal for a streaming server.
+        with contextlib.suppress(ConnectionResetError):
+            await self._stream(request, resp, events, behaviour, mode, first_token)
+        return resp
+
+    async def _stream(
+        self,
+        request: web.Request,
+        resp: web.StreamResponse,
+        events: list[bytes],
+        behaviour: Behaviour,
+        mode: str | None,
+        first_token: float,
+    ) -> None:
+        """Write the events, with the mid-stream fault (if any) after `drop_after_events`."""
         delay = 1 / behaviour.tokens_per_second
-        try:
-            for sent, event in enumerate(events):
-                if drop_after is not None and sent >= drop_after:
+        strike = behaviour.drop_after_events
+        for sent, event in enumerate(events):
+            if sent == strike and mode is not None:
+                if mode == "drop_mid_stream":
                     if request.transport is not None:
                         request.transport.abort()
-                    return resp
-                await resp.write(event)
-                await asyncio.sleep(delay)
-            await resp.write_eof()
-        except ConnectionResetError:
-            pass  # the client went away mid-stream: normal for a streaming server
-        return resp
+                    return
+                if mode in {"hang_after_headers", "stall_mid_stream"}:
+                    await asyncio.sleep(behaviour.hang_seconds)
+                    return
+                if mode == "truncate":
+                    await resp.write_eof()
+                    return
+                if mode == "malformed_chunk":
+                    bad = (
+                        b"{not json"
+                        if behaviour.bogus_body is None
+                        else orjson.dumps(behaviour.bogus_body)
+                    )
+                    await resp.write(b"data: " + bad + b"\n\n")
+                elif mode == "oversized_line":
+                    await resp.write(b"data: " + b"x" * behaviour.oversized_bytes + b"\n\n")
+            if sent == 1 and first_token:
+                await asyncio.sleep(first_token)
+            await resp.write(event)
+            await asyncio.sleep(delay)
+        await resp.write_eof()
 
     def _error(
         self,
@@ -263,9 +379,11 @@ class SimulatedModelServer:
         message: str,
         openai_format: bool,
         retry_after: float | None = None,
+        *,
+        code: str | None = None,
     ) -> web.Response:
         body = (
-            {"error": {"message": message, "type": kind, "code": None}}
+            {"error": {"message": message, "type": kind, "param": None, "code": code}}
             if openai_format
             else {"type": "error", "error": {"type": kind, "message": message}}
         )
@@ -296,9 +414,27 @@ def _sse(data: Any, event: str | None = None) -> bytes:
     return head + b"data: " + orjson.dumps(data) + b"\n\n"
 
 
-def _openai_completion(
-    ident: str, model: str, text: str, prompt: int, completion: int
-) -> dict[str, Any]:
+def _continuation_start(messages: list[Any]) -> int:
+    """Where an answer picks up: after the words of a trailing assistant message (prefill), or
+    two words before the end of a partial answer followed by a request to continue (a model
+    asked to go on tends to repeat itself a little); 0 for a fresh question."""
+    last = messages[-1] if isinstance(messages[-1], dict) else {}
+    if last.get("role") == "assistant":
+        return len(str(last.get("content") or "").split())
+    if len(messages) >= 2 and isinstance(messages[-2], dict):
+        partial = messages[-2]
+        asks = "continue" in str(last.get("content") or "").lower()
+        if partial.get("role") == "assistant" and asks:
+            return max(0, len(str(partial.get("content") or "").split()) - 2)
+    return 0
+
+
+def _is_prefill(messages: list[Any]) -> bool:
+    last = messages[-1]
+    return isinstance(last, dict) and last.get("role") == "assistant"
+
+
+def _openai_completion(ident: str, model: str, text: str, usage: Any) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-{ident}",
         "object": "chat.completion",
@@ -307,16 +443,17 @@ def _openai_completion(
         "choices": [
             {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
         ],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        },
+        "usage": usage,
     }
 
 
 def _openai_events(
-    ident: str, model: str, pieces: list[str], prompt: int, include_usage: bool
+    ident: str,
+    model: str,
+    pieces: list[str],
+    usage: Any,
+    include_usage: bool,
+    usage_on_last_chunk: bool,
 ) -> list[bytes]:
     created = int(time.time())
     base = {
@@ -326,26 +463,30 @@ def _openai_events(
         "model": model,
     }
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return _sse({**base, "choices": [choice], **extra})
 
     events = [chunk({"role": "assistant", "content": ""})]
-    events += [chunk({"content": piece}) for piece in pieces]
-    events.append(chunk({}, "stop"))
-    if include_usage:
-        usage = {
-            "prompt_tokens": prompt,
-            "completion_tokens": len(pieces),
-            "total_tokens": prompt + len(pieces),
-        }
-        events.append(_sse({**base, "choices": [], "usage": usage}))
+    events += [chunk({"content": piece}) for piece in pieces[:-1]]
+    if usage_on_last_chunk:  # `transformers serve`: usage rides on the last content chunk
+        events.append(chunk({"content": pieces[-1]}, "stop", usage=usage))
+    else:
+        events.append(chunk({"content": pieces[-1]}))
+        events.append(chunk({}, "stop"))
+        if include_usage:
+            events.append(_sse({**base, "choices": [], "usage": usage}))
     events.append(b"data: [DONE]\n\n")
     return events
 
 
-def _anthropic_message(
-    ident: str, model: str, text: str, prompt: int, completion: int
-) -> dict[str, Any]:
+def _anthropic_usage(usage: Any) -> Any:
+    if isinstance(usage, dict) and "prompt_tokens" in usage:
+        return {"input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"]}
+    return usage
+
+
+def _anthropic_message(ident: str, model: str, text: str, usage: Any) -> dict[str, Any]:
     return {
         "id": f"msg_{ident}",
         "type": "message",
@@ -354,13 +495,16 @@ def _anthropic_message(
         "content": [{"type": "text", "text": text}],
         "stop_reason": "end_turn",
         "stop_sequence": None,
-        "usage": {"input_tokens": prompt, "output_tokens": completion},
+        "usage": _anthropic_usage(usage),
     }
 
 
-def _anthropic_events(ident: str, model: str, pieces: list[str], prompt: int) -> list[bytes]:
-    start = _anthropic_message(ident, model, "", prompt, 1)
+def _anthropic_events(ident: str, model: str, pieces: list[str], usage: Any) -> list[bytes]:
+    translated = _anthropic_usage(usage)
+    start = _anthropic_message(ident, model, "", usage)
     start["content"], start["stop_reason"] = [], None
+    if isinstance(translated, dict):
+        start["usage"] = {**translated, "output_tokens": 1}
     events = [
         _sse({"type": "message_start", "message": start}, "message_start"),
         _sse(
@@ -380,13 +524,14 @@ def _anthropic_events(ident: str, model: str, pieces: list[str], prompt: int) ->
         )
         for p in pieces
     ]
+    output = translated.get("output_tokens") if isinstance(translated, dict) else len(pieces)
     events += [
         _sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
         _sse(
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                "usage": {"output_tokens": len(pieces)},
+                "usage": {"output_tokens": output},
             },
             "message_delta",
         ),

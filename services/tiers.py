@@ -8,6 +8,10 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from services.providers.shapes import completion_chunks
+
+__all__ = ["ReplayedStream", "completion_chunks", "degraded_completion"]
+
 Json = dict[str, Any]
 DEGRADED_MODEL = "degraded"
 
@@ -30,35 +34,11 @@ def degraded_completion(message: str) -> Json:
     }
 
 
-def completion_chunks(completion: Json) -> list[Json]:
-    """The chunks a streaming client would have received for `completion` (usage last)."""
-    base = {
-        "id": completion.get("id", "chatcmpl-replayed"),
-        "object": "chat.completion.chunk",
-        "created": completion.get("created", int(time.time())),
-        "model": completion.get("model", ""),
-    }
-    chunks: list[Json] = []
-    for choice in completion.get("choices") or ():
-        index = choice.get("index", 0)
-        message = choice.get("message") or {}
-        delta = {"role": message.get("role", "assistant"), "content": message.get("content") or ""}
-        if message.get("tool_calls"):
-            delta["tool_calls"] = [
-                {**call, "index": i} for i, call in enumerate(message["tool_calls"])
-            ]
-        chunks.append(
-            {**base, "choices": [{"index": index, "delta": delta, "finish_reason": None}]}
-        )
-        finish = choice.get("finish_reason") or "stop"
-        chunks.append({**base, "choices": [{"index": index, "delta": {}, "finish_reason": finish}]})
-    if completion.get("usage"):
-        chunks.append({**base, "choices": [], "usage": completion["usage"]})
-    return chunks
-
-
 class ReplayedStream:
     """A `ChunkStream` with nothing left to read: the replayed chunks are all in the head."""
+
+    malformed = 0
+    usage_rejected = False
 
     def __aiter__(self) -> AsyncIterator[Json]:
         return self._empty()

@@ -143,6 +143,10 @@ class UsageRecorder:
         # status, duration, tokens), so the common case writes one row, not two.
         implied = len(route.log) == 1 and route.log[0].ok
         rows += self._attempts(route.log, ids, tokens_in, tokens_out, cost, estimated, implied)
+        if route.deployment is not None and route.malformed:
+            self._metrics.anomaly(route.deployment, "malformed_chunk", route.malformed)
+        if route.deployment is not None and route.usage_rejected:
+            self._metrics.anomaly(route.deployment, "usage_rejected")
         self._metrics.request(route.model, tier, seconds, route.ttft_seconds)
         self._metrics.usage(route.model, tokens_in, tokens_out, usd(cost))
         if self._load is not None:

@@ -26,7 +26,30 @@ from services.response_cache import ResponseCache
 from services.retry_budget import RetryBudget
 from services.router import Router
 
-ANSWER = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]}
+ANSWER_CHUNKS = [
+    {"id": "c1", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "o"}}]},
+    {"id": "c1", "choices": [{"index": 0, "delta": {"content": "k"}, "finish_reason": "stop"}]},
+]
+
+
+class Chunks:
+    """A ChunkStream over a fixed list of chunks."""
+
+    malformed = 0
+    usage_rejected = False
+
+    def __init__(self, chunks: list[dict[str, Any]]) -> None:
+        self._chunks = [dict(c) for c in chunks]
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self._gen()
+
+    async def _gen(self) -> AsyncIterator[dict[str, Any]]:
+        for chunk in self._chunks:
+            yield chunk
+
+    async def aclose(self) -> None:
+        return None
 
 
 class Scripted:
@@ -37,16 +60,15 @@ class Scripted:
         self.upstream_model = name
         self.outcomes = outcomes
         self.calls = 0
-
-    async def complete(self, request: dict[str, Any]) -> dict[str, Any]:
-        outcome = self.outcomes[min(self.calls, len(self.outcomes) - 1)]
-        self.calls += 1
-        if outcome is not None:
-            raise outcome
-        return dict(ANSWER)
+        self.requests: list[dict[str, Any]] = []
 
     async def open_stream(self, request: dict[str, Any]) -> Any:
-        raise NotImplementedError
+        outcome = self.outcomes[min(self.calls, len(self.outcomes) - 1)]
+        self.calls += 1
+        self.requests.append(request)
+        if outcome is not None:
+            raise outcome
+        return Chunks(ANSWER_CHUNKS)
 
     async def probe(self) -> None:
         return None
@@ -75,14 +97,18 @@ async def redis_conn(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 
 def build(redis: aioredis.Redis, providers: dict[str, Scripted], clock: Time,
+          models: dict[str, Any] | None = None, chains: dict[str, Any] | None = None,
           **resilience: Any) -> tuple[ChainExecutor, FallbackStatistics]:  # fmt: skip
-    models = {
-        name: {"deployments": [{"provider": "openai", "base_url": "http://x/v1", "model": name}]}
+    model_settings = {
+        name: {
+            "deployments": [{"provider": "openai", "base_url": "http://x/v1", "model": name}],
+            **(models or {}).get(name, {}),
+        }
         for name in providers
     }
     settings = Settings.model_validate({
-        "models": models,
-        "chains": {"chain": [*providers, "degraded"], "bare": list(providers)},
+        "models": model_settings,
+        "chains": {"chain": [*providers, "degraded"], "bare": list(providers), **(chains or {})},
         "sessions": {"default_selector": "chain"},
         "resilience": resilience,
     })  # fmt: skip
@@ -98,7 +124,7 @@ def build(redis: aioredis.Redis, providers: dict[str, Scripted], clock: Time,
     budget = settings_r.budget
     executor = ChainExecutor(
         Router(settings, {name: [p] for name, p in providers.items()}),  # type: ignore[list-item]
-        settings_r,
+        settings,
         breakers=breakers,
         health=HealthMonitor(settings_r.health, by_name),  # type: ignore[arg-type]
         budget=RetryBudget(
@@ -120,10 +146,10 @@ REQUEST = {"messages": [{"role": "user", "content": "hi"}]}
 
 
 async def test_fallback_jitter_is_off_by_default(redis_conn: aioredis.Redis) -> None:
-    """With defaults a failed primary hands over to the secondary with no pause."""
+    """With defaults (no retries asked for) a failed primary hands over with no pause."""
     clock = Time()
     a, b = Scripted("a", [UpstreamConnectError("a", "refused")]), Scripted("b", [None])
-    executor, _ = build(redis_conn, {"a": a, "b": b}, clock)
+    executor, _ = build(redis_conn, {"a": a, "b": b}, clock, retry={"max_retries": 0})
     routed = await executor.complete("chain", REQUEST)
     assert (routed.model, routed.attempts, routed.fallback) == ("b", 2, "true")
     assert clock.sleeps == []
@@ -135,7 +161,8 @@ async def test_fallback_jitter_pauses_between_one_and_three_seconds(
     """Enabled, the seed's jitter sleeps 1-3 s before each fallback (never before the first call)."""
     clock = Time()
     a, b = Scripted("a", [UpstreamConnectError("a", "refused")]), Scripted("b", [None])
-    executor, _ = build(redis_conn, {"a": a, "b": b}, clock, fallback_jitter={"enabled": True})
+    executor, _ = build(redis_conn, {"a": a, "b": b}, clock, fallback_jitter={"enabled": True},
+                        retry={"max_retries": 0})  # fmt: skip
     await executor.complete("chain", REQUEST)
     assert len(clock.sleeps) == 1 and 1 <= clock.sleeps[0] <= 3
 
@@ -173,14 +200,14 @@ async def test_backoff_that_would_pass_the_deadline_is_not_taken(
 
 
 async def test_retries_use_full_jitter_backoff_within_bounds(redis_conn: aioredis.Redis) -> None:
-    """Two retries on the last deployment wait within [0, 0.2] then [0, 0.4] seconds."""
+    """Two retries wait within [0, 0.5] then [0, 1.0] seconds (default base 0.5 s)."""
     clock = Time()
     busy = UpstreamHTTPError("only", 503, "busy")
     only = Scripted("only", [busy, busy, None])
     executor, _ = build(redis_conn, {"only": only}, clock)
     routed = await executor.complete("bare", REQUEST)
     assert routed.attempts == 3 and len(clock.sleeps) == 2
-    assert 0 <= clock.sleeps[0] <= 0.2 and 0 <= clock.sleeps[1] <= 0.4
+    assert 0 <= clock.sleeps[0] <= 0.5 and 0 <= clock.sleeps[1] <= 1.0
 
 
 async def test_spent_budget_stops_the_walk_at_the_tiers(redis_conn: aioredis.Redis) -> None:

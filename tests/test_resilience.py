@@ -226,10 +226,12 @@ def test_slow_first_token_fails_over_and_counts_against_the_breaker(
 
 
 def test_stream_broken_after_first_token_counts_as_a_failure(
-    resilient: GatewayServer, primary: SimProcess
+    resilient: GatewayServer, primary: SimProcess, secondary: SimProcess
 ) -> None:
-    """The SSE error event ends the stream, and the breaker hears of the failure."""
+    """With nothing to continue it, the SSE error event ends the stream, and the breaker hears
+    of the failure."""
     primary.behave(failure_rate=1.0, failure_mode="drop_mid_stream", drop_after_events=3)
+    secondary.behave(failure_rate=1.0, failure_status=503)
     with httpx.stream("POST", resilient.base + "/v1/chat/completions",
                       json={**turn("default"), "stream": True}) as resp:  # fmt: skip
         events = [line for line in resp.iter_lines() if line.startswith("data: ")]
@@ -278,8 +280,10 @@ def test_fallback_admin_views(
     assert stats["total_requests"] == 3
     assert stats["tiers"] == {"primary": 1, "fallback": 1, "cache": 0, "degraded": 1, "failed": 0}
     assert stats["by_model"] == {"primary": 1, "secondary": 1}
-    # The third request: primary once, then secondary (the last one left) once plus two retries.
-    assert stats["total_attempts"] == 1 + 2 + 4 and stats["total_retries"] == 2
+    # The second request: primary three times (two retries), then secondary. The third: primary
+    # once (four failures in five calls is over the 50 % rate: its breaker opens and refuses the
+    # retry), then secondary three times.
+    assert stats["total_attempts"] == 1 + 4 + 4 and stats["total_retries"] == 2 + 2
 
     status, _, raw = http("POST", resilient.base + "/api/admin/fallback/reset-statistics")
     assert status == 200 and json.loads(raw)["total_requests"] == 0

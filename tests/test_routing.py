@@ -16,23 +16,32 @@ BARE = {**TURN, "model": "bare"}
 
 
 @pytest.mark.parametrize(
-    "fault",
+    ("fault", "primary_attempts"),
     [
-        {"failure_rate": 1.0, "failure_mode": "status", "failure_status": 500},
-        {"failure_rate": 1.0, "failure_mode": "status", "failure_status": 429, "retry_after": 3},
-        {"failure_rate": 1.0, "failure_mode": "drop"},
+        ({"failure_rate": 1.0, "failure_mode": "status", "failure_status": 500}, 3),
+        # A Retry-After over the cap (5 s) is not waited for: the walk fails over at once.
+        ({"failure_rate": 1.0, "failure_mode": "status", "failure_status": 429,
+          "retry_after": 30}, 1),
+        ({"failure_rate": 1.0, "failure_mode": "drop"}, 3),
     ],
-)
+)  # fmt: skip
 def test_failing_primary_falls_back_to_secondary(
-    gateway: GatewayServer, primary: SimProcess, secondary: SimProcess, fault: dict[str, object]
+    gateway: GatewayServer,
+    primary: SimProcess,
+    secondary: SimProcess,
+    fault: dict[str, object],
+    primary_attempts: int,
 ) -> None:
-    """5xx, 429 and dropped connections on the primary are answered by the secondary."""
+    """5xx, 429 and dropped connections on the primary are retried there (default: 2 retries),
+    then answered by the secondary."""
     primary.behave(**fault)
     status, headers, raw = http("POST", gateway.base + "/v1/chat/completions", TURN)
     assert status == 200
     assert json.loads(raw)["model"] == "secondary"
-    assert headers["x-router-fallback"] == "true" and headers["x-router-attempts"] == "2"
-    assert primary.stats()["requests"] == 1 and secondary.stats()["requests"] == 1
+    assert headers["x-router-fallback"] == "true"
+    assert headers["x-router-attempts"] == str(primary_attempts + 1)
+    assert primary.stats()["requests"] == primary_attempts
+    assert secondary.stats()["requests"] == 1
 
 
 def test_upstream_client_errors_are_not_failed_over(
@@ -73,10 +82,12 @@ def test_stream_fails_over_when_primary_fails_before_first_token(
 
 
 def test_stream_failing_after_first_token_ends_with_error_event(
-    gateway: GatewayServer, primary: SimProcess
+    gateway: GatewayServer, primary: SimProcess, secondary: SimProcess
 ) -> None:
-    """Once a token reached the client, an upstream failure ends the stream with an SSE error event."""
+    """Once a token reached the client, an upstream failure that nothing can continue ends the
+    stream with an SSE error event and no [DONE]."""
     primary.behave(failure_rate=1.0, failure_mode="drop_mid_stream", drop_after_events=2)
+    secondary.behave(failure_rate=1.0, failure_status=503)
     with httpx.stream(
         "POST", gateway.base + "/v1/chat/completions", json={**TURN, "stream": True}
     ) as resp:

@@ -15,16 +15,18 @@ from typing import Any
 import aiohttp
 import orjson
 
-from services.errors import UpstreamHTTPError, UpstreamProtocolError
+from services.errors import UpstreamHTTPError, UpstreamProtocolError, UpstreamStreamCut
 from services.providers.base import (
     ChunkStream,
     HTTPAdapter,
     Json,
     ResponseChunkStream,
-    post,
+    is_json,
     read_json,
+    redact,
     sse_events,
 )
+from services.providers.shapes import clean_usage, completion_chunks, completion_ok
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
@@ -148,24 +150,30 @@ def to_messages_request(request: Json, upstream_model: str) -> Json:
     return out
 
 
-def _usage(usage: Json) -> Json:
-    prompt = (
-        int(usage.get("input_tokens") or 0)
-        + int(usage.get("cache_read_input_tokens") or 0)
-        + int(usage.get("cache_creation_input_tokens") or 0)
+def _usage(usage: Any) -> Json | None:
+    """OpenAI usage from Anthropic's, or None when the counts are not sane integers."""
+    if not isinstance(usage, dict):
+        return None
+    parts = [
+        usage.get(key) or 0
+        for key in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+    ]
+    if not all(type(p) is int for p in parts):
+        return None
+    return clean_usage(
+        {"prompt_tokens": sum(parts), "completion_tokens": usage.get("output_tokens") or 0}
     )
-    completion = int(usage.get("output_tokens") or 0)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
 
 
 def to_chat_completion(message: Json, deployment: str) -> Json:
     """Translate an Anthropic Messages response into an OpenAI chat.completion."""
     content = message.get("content")
-    if message.get("type") != "message" or not isinstance(content, list):
+    if (
+        message.get("type") != "message"
+        or not isinstance(content, list)
+        or not all(isinstance(b, dict) for b in content)
+        or not all(isinstance(b.get("text", ""), str) for b in content)
+    ):
         raise UpstreamProtocolError(deployment, "response is not a Messages API message")
     text = "".join(b.get("text", "") for b in content if b.get("type") == "text")
     tool_calls = [
@@ -183,7 +191,7 @@ def to_chat_completion(message: Json, deployment: str) -> Json:
     reply: Json = {"role": "assistant", "content": text or (None if tool_calls else "")}
     if tool_calls:
         reply["tool_calls"] = tool_calls
-    return {
+    completion: Json = {
         "id": message.get("id", ""),
         "object": "chat.completion",
         "created": int(time.time()),
@@ -195,8 +203,11 @@ def to_chat_completion(message: Json, deployment: str) -> Json:
                 "finish_reason": FINISH_REASONS.get(str(message.get("stop_reason")), "stop"),
             }
         ],
-        "usage": _usage(message.get("usage") or {}),
     }
+    usage = _usage(message.get("usage"))
+    if usage is not None:
+        completion["usage"] = usage
+    return completion_ok(completion, deployment)
 
 
 class AnthropicProvider(HTTPAdapter):
@@ -217,25 +228,25 @@ class AnthropicProvider(HTTPAdapter):
             headers["x-api-key"] = api_key
         return headers
 
-    async def complete(self, request: Json) -> Json:
-        """Translate, send, and translate the answer back."""
-        body = orjson.dumps(to_messages_request(request, self.upstream_model))
-        resp = await post(self._session, self.name, self._url, body, self._headers, self._timeout)
-        return to_chat_completion(await read_json(resp, self.name), self.name)
-
     async def open_stream(self, request: Json) -> ChunkStream:
         """Translate and send a streaming request; chunks come back in OpenAI shape."""
         payload = to_messages_request(request, self.upstream_model)
         payload["stream"] = True
-        resp = await post(
-            self._session, self.name, self._url, orjson.dumps(payload), self._headers,
-            self._stream_timeout,
-        )  # fmt: skip
-        return ResponseChunkStream(resp, self._chunks(resp))
+        return ResponseChunkStream(await self._post(payload), self._chunks)
 
-    async def _chunks(self, resp: aiohttp.ClientResponse) -> AsyncIterator[Json]:
+    async def _chunks(
+        self, resp: aiohttp.ClientResponse, out: ResponseChunkStream
+    ) -> AsyncIterator[Json]:
+        if is_json(resp):  # the server ignored `stream: true`
+            raw = await read_json(resp, self.name, self._max_line)
+            body = to_chat_completion(raw, self.name)
+            out.usage_rejected = "usage" in raw and "usage" not in body
+            for translated in completion_chunks(body):
+                yield translated
+            return
         message_id, model, created = "", self.upstream_model, int(time.time())
         usage: Json = {}
+        finished = False
         tool_index: dict[int, int] = {}  # content block index -> OpenAI tool_calls index
 
         def chunk(delta: Json, finish: str | None = None) -> Json:
@@ -247,17 +258,21 @@ class AnthropicProvider(HTTPAdapter):
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             }
 
-        async for event, data in sse_events(resp, self.name):
+        async for event, data in sse_events(resp, self.name, self._max_line):
             try:
                 payload = orjson.loads(data)
-            except orjson.JSONDecodeError as exc:
-                raise UpstreamProtocolError(self.name, "stream event is not JSON") from exc
+            except orjson.JSONDecodeError:
+                payload = None
+            if not isinstance(payload, dict):
+                out.malformed += 1  # one bad event must not end a good answer
+                continue
             kind = payload.get("type", event)
             if kind == "message_start":
                 message = payload.get("message") or {}
-                message_id = message.get("id", "")
-                model = message.get("model", model)
-                usage.update(message.get("usage") or {})
+                message_id = str(message.get("id", ""))
+                model = str(message.get("model", model))
+                if isinstance(message.get("usage"), dict):
+                    usage.update(message["usage"])
                 yield chunk({"role": "assistant", "content": ""})
             elif kind == "content_block_start":
                 block = payload.get("content_block") or {}
@@ -272,7 +287,9 @@ class AnthropicProvider(HTTPAdapter):
                     yield chunk({"tool_calls": [call]})
             elif kind == "content_block_delta":
                 delta = payload.get("delta") or {}
-                if delta.get("type") == "text_delta":
+                if not isinstance(delta, dict) or not isinstance(delta.get("text", ""), str):
+                    out.malformed += 1
+                elif delta.get("type") == "text_delta":
                     yield chunk({"content": delta.get("text", "")})
                 elif delta.get("type") == "input_json_delta":
                     position = tool_index.get(payload.get("index", 0), 0)
@@ -282,19 +299,24 @@ class AnthropicProvider(HTTPAdapter):
                     }
                     yield chunk({"tool_calls": [partial]})
             elif kind == "message_delta":
-                usage.update(payload.get("usage") or {})
+                if isinstance(payload.get("usage"), dict):
+                    usage.update(payload["usage"])
                 reason = (payload.get("delta") or {}).get("stop_reason")
                 if reason:
-                    yield chunk({}, FINISH_REASONS.get(reason, "stop"))
+                    finished = True
+                    yield chunk({}, FINISH_REASONS.get(str(reason), "stop"))
             elif kind == "message_stop":
                 final = chunk({})
                 final["choices"] = []
                 final["usage"] = _usage(usage)
+                if final["usage"] is None:
+                    out.usage_rejected = True
                 yield final
                 return
             elif kind == "error":
                 error = payload.get("error") or {}
                 status = 529 if error.get("type") == "overloaded_error" else 500
-                raise UpstreamHTTPError(
-                    self.name, status, str(error.get("message", "stream error"))
-                )
+                message = redact(str(error.get("message", "stream error"))[:300], self._secrets)
+                raise UpstreamHTTPError(self.name, status, message)
+        if not finished:
+            raise UpstreamStreamCut(self.name, "the stream ended without a stop reason")

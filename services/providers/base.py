@@ -1,32 +1,45 @@
 """What every provider adapter offers the router, and the HTTP plumbing they share.
 
-An adapter takes an OpenAI chat-completions request (a dict, already validated) and returns an
-OpenAI ``chat.completion`` dict, or a `ChunkStream` of ``chat.completion.chunk`` dicts. Failures
-are raised as `services.errors.UpstreamError` subclasses so the router can classify them.
+An adapter takes an OpenAI chat-completions request (a dict, already validated) and returns a
+`ChunkStream` of ``chat.completion.chunk`` dicts, checked at this boundary
+(`services/providers/shapes.py`); the executor assembles whole answers from it. Failures are
+raised as `services.errors.UpstreamError` subclasses so the router can classify them.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
+from services.config import ProbeSettings
 from services.errors import (
     RETRYABLE_STATUSES,
     UpstreamConnectError,
+    UpstreamContentPolicy,
+    UpstreamContextLength,
     UpstreamError,
     UpstreamHTTPError,
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from services.providers.shapes import clean_usage
 
 Json = dict[str, Any]
 
 
 class ChunkStream(Protocol):
-    """An open upstream stream: iterate for OpenAI chunks, always ``aclose`` when done."""
+    """An open upstream stream: iterate for OpenAI chunks, always ``aclose`` when done.
+
+    `malformed` counts chunks skipped as unusable; `usage_rejected` says a usage block was
+    dropped because its token counts could not be trusted."""
+
+    malformed: int
+    usage_rejected: bool
 
     def __aiter__(self) -> AsyncIterator[Json]: ...
 
@@ -39,12 +52,11 @@ class Provider(Protocol):
     name: str
     upstream_model: str
 
-    async def complete(self, request: Json) -> Json:
-        """Send a non-streaming request; answer an OpenAI chat.completion dict."""
-        ...
-
     async def open_stream(self, request: Json) -> ChunkStream:
-        """Send a streaming request; return once the upstream has accepted it (HTTP 2xx)."""
+        """Send the request streamed (usage asked for); return once the upstream accepted it.
+
+        A server that ignores ``stream: true`` and answers one JSON completion is accepted: its
+        answer comes back as the chunks a stream would have carried."""
         ...
 
     async def probe(self) -> None:
@@ -65,23 +77,28 @@ class HTTPAdapter:
         api_key: str | None,
         session: aiohttp.ClientSession,
         timeout: aiohttp.ClientTimeout,
-        stream_timeout: aiohttp.ClientTimeout,
+        probe: ProbeSettings | None = None,
+        max_line_bytes: int = 1_048_576,
+        secrets: tuple[str, ...] = (),
     ) -> None:
         self.name = name
         self.upstream_model = upstream_model
-        self._url = self.endpoint(base_url.rstrip("/"))
-        self._models_url = self.models_endpoint(base_url.rstrip("/"))
+        base = base_url.rstrip("/")
+        self._url = self.endpoint(base)
+        self._probe = probe or ProbeSettings()
+        self._probe_url = probe_url(base, self._probe.path, self.models_endpoint(base))
         self._headers = {"Content-Type": "application/json", **self.auth_headers(api_key)}
         self._session = session
         self._timeout = timeout
-        self._stream_timeout = stream_timeout
+        self._max_line = max_line_bytes
+        self._secrets = tuple(s for s in (api_key, *secrets) if s)
 
     def endpoint(self, base_url: str) -> str:
         """The chat URL under `base_url` (no trailing slash)."""
         raise NotImplementedError
 
     def models_endpoint(self, base_url: str) -> str:
-        """The model-list URL under `base_url`: free to call, so the health monitor probes it."""
+        """The model-list URL under `base_url`: free to call, the default probe."""
         raise NotImplementedError
 
     def auth_headers(self, api_key: str | None) -> dict[str, str]:
@@ -89,16 +106,35 @@ class HTTPAdapter:
         raise NotImplementedError
 
     async def probe(self) -> None:
-        """GET the model list. Only an unreachable, timing-out or 408/429/5xx-answering server
-        fails: a 401 or 404 still proves it is up (and the real call will say what is wrong)."""
+        """Call the probe URL. With no `expect` list only an unreachable, timing-out or
+        408/429/5xx-answering server fails: a 401 or 404 still proves it is up."""
         try:
-            async with self._session.get(self._models_url, headers=self._headers) as resp:
+            async with self._session.request(
+                self._probe.method, self._probe_url, headers=self._headers
+            ) as resp:
                 await resp.read()
                 status = resp.status
         except aiohttp.ClientError as exc:
             raise UpstreamConnectError(self.name, f"health probe: {type(exc).__name__}") from exc
-        if status in RETRYABLE_STATUSES:
+        expect = self._probe.expect
+        if (status not in expect) if expect else (status in RETRYABLE_STATUSES):
             raise UpstreamHTTPError(self.name, status, "health probe failed")
+
+    async def _post(self, payload: Json) -> aiohttp.ClientResponse:
+        return await post(
+            self._session, self.name, self._url, orjson.dumps(payload), self._headers,
+            self._timeout, self._secrets,
+        )  # fmt: skip
+
+
+def probe_url(base_url: str, path: str | None, default: str) -> str:
+    """Where to probe: `default`, a path from the server's root (`/health`), or under base_url."""
+    if path is None:
+        return default
+    if path.startswith("/"):
+        parts = urlsplit(base_url)
+        return f"{parts.scheme}://{parts.netloc}{path}"
+    return f"{base_url}/{path}"
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
@@ -112,16 +148,70 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
         return None
 
 
-def error_detail(raw: bytes) -> str:
-    """The upstream's own error message, shortened, for logs (never sent to clients as-is)."""
+# Whatever looks like a credential in an upstream's error text (some echo our headers back).
+CREDENTIAL_RE = re.compile(
+    r"(?i)(bearer\s+|x-api-key[\"']?\s*[:=]\s*[\"']?|api[_-]?key[\"']?\s*[:=]\s*[\"']?)"
+    r"[^\s\"',;]+|\b(sk|pk|rk)-[A-Za-z0-9_\-]{8,}"
+)
+CONTEXT_RE = re.compile(
+    r"(?i)context.{0,10}(length|window)|maximum context|prompt is too long|too many tokens"
+    r"|input is too long|reduce the length"
+)
+POLICY_RE = re.compile(r"(?i)content.{0,12}(policy|filter|management)|safety system|flagged by")
+CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
+POLICY_CODES = frozenset({"content_filter", "content_policy_violation"})
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """`text` without anything that looks like a credential, nor any of `secrets`."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return CREDENTIAL_RE.sub(lambda m: (m.group(1) or "") + "***", text)
+
+
+def error_fields(raw: bytes) -> tuple[str, str | None, str | None]:
+    """(message, code, type) of an upstream error body (OpenAI, Anthropic or plain text)."""
     try:
         data = orjson.loads(raw)
-        err = data.get("error") if isinstance(data, dict) else None
-        if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return str(err["message"])[:300]
     except orjson.JSONDecodeError:
-        pass
-    return raw[:300].decode("utf-8", "replace")
+        return raw[:300].decode("utf-8", "replace"), None, None
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        message = err.get("message")
+        code, kind = err.get("code"), err.get("type")
+        return (
+            str(message)[:300] if message is not None else "",
+            str(code) if isinstance(code, str | int) else None,
+            str(kind) if isinstance(kind, str) else None,
+        )
+    if isinstance(err, str):
+        return err[:300], None, None
+    return raw[:300].decode("utf-8", "replace"), None, None
+
+
+def error_detail(raw: bytes) -> str:
+    """The upstream's own error message, shortened, for logs (never sent to clients as-is)."""
+    return error_fields(raw)[0]
+
+
+def upstream_http_error(
+    deployment: str,
+    status: int,
+    raw: bytes,
+    headers: Mapping[str, str],
+    secrets: tuple[str, ...] = (),
+) -> UpstreamHTTPError:
+    """Classify a non-2xx answer: context too long and content policy are told apart, because
+    another model may take the first and nobody should retry the second."""
+    message, code, kind = error_fields(raw)
+    message = redact(message, secrets)
+    retry_after = retry_after_seconds(headers)
+    if status in {400, 413, 422}:
+        if code in CONTEXT_CODES or CONTEXT_RE.search(message):
+            return UpstreamContextLength(deployment, status, message, retry_after, code=code)
+        if code in POLICY_CODES or kind in POLICY_CODES or POLICY_RE.search(message):
+            return UpstreamContentPolicy(deployment, status, message, retry_after, code=code)
+    return UpstreamHTTPError(deployment, status, message, retry_after, code=code)
 
 
 async def post(
@@ -131,6 +221,7 @@ async def post(
     body: bytes,
     headers: Mapping[str, str],
     client_timeout: aiohttp.ClientTimeout,
+    secrets: tuple[str, ...] = (),
 ) -> aiohttp.ClientResponse:
     """POST and return the response once its status is 2xx; classify every failure."""
     try:
@@ -141,29 +232,36 @@ async def post(
         raise UpstreamConnectError(deployment, f"{type(exc).__name__}: {exc}") from exc
     if resp.status >= 300:
         try:
-            raw = await resp.read()
+            raw = await resp.content.read(64 * 1024)
         except (TimeoutError, aiohttp.ClientError):
             raw = b""
         finally:
-            resp.release()
-        raise UpstreamHTTPError(
-            deployment, resp.status, error_detail(raw), retry_after_seconds(resp.headers)
-        )
+            resp.close()  # not release(): the rest of a large error body is not worth reading
+        raise upstream_http_error(deployment, resp.status, raw, resp.headers, secrets)
     return resp
 
 
-async def read_json(resp: aiohttp.ClientResponse, deployment: str) -> Json:
-    """Read a whole JSON body, translating transport and parse errors."""
+def is_json(resp: aiohttp.ClientResponse) -> bool:
+    """Whether the upstream answered one JSON document (it ignored ``stream: true``)."""
+    return resp.content_type == "application/json"
+
+
+async def read_json(resp: aiohttp.ClientResponse, deployment: str, limit: int) -> Json:
+    """Read a whole JSON object of at most `limit` bytes, translating every failure."""
+    parts: list[bytes] = []
+    size = 0
     try:
-        raw = await resp.read()
+        async for block in resp.content.iter_any():
+            size += len(block)
+            if size > limit:
+                raise UpstreamProtocolError(deployment, f"answer larger than {limit} bytes")
+            parts.append(block)
     except TimeoutError as exc:
         raise UpstreamTimeout(deployment, "timed out reading the response") from exc
     except aiohttp.ClientError as exc:
         raise UpstreamConnectError(deployment, f"{type(exc).__name__}: {exc}") from exc
-    finally:
-        resp.release()
     try:
-        data = orjson.loads(raw)
+        data = orjson.loads(b"".join(parts))
     except orjson.JSONDecodeError as exc:
         raise UpstreamProtocolError(deployment, "response is not JSON") from exc
     if not isinstance(data, dict):
@@ -172,27 +270,38 @@ async def read_json(resp: aiohttp.ClientResponse, deployment: str) -> Json:
 
 
 async def sse_events(
-    resp: aiohttp.ClientResponse, deployment: str
+    resp: aiohttp.ClientResponse, deployment: str, max_line: int
 ) -> AsyncIterator[tuple[str, bytes]]:
     """Yield (event, data) pairs of a text/event-stream body; transport errors are classified.
 
     Implements the parts of the SSE grammar LLM APIs use: ``event:`` and (possibly several)
     ``data:`` lines, dispatched on a blank line; comments (``:``) and ``id:``/``retry:`` ignored.
+    Lines are split here rather than by aiohttp's ``readline``, whose own limit raises a bare
+    ValueError; a line longer than `max_line` is a protocol error.
     """
     event = "message"
     data: list[bytes] = []
+    pending = b""
     try:
-        async for raw_line in resp.content:
-            line = raw_line.rstrip(b"\r\n")
-            if not line:
-                if data:
-                    yield event, b"\n".join(data)
-                event, data = "message", []
-                continue
-            if line.startswith(b"data:"):
-                data.append(line[6:] if line[5:6] == b" " else line[5:])
-            elif line.startswith(b"event:"):
-                event = line[6:].strip().decode("utf-8", "replace")
+        async for block in resp.content.iter_any():
+            lines = (pending + block).split(b"\n")
+            pending = lines.pop()
+            if len(pending) > max_line:
+                raise UpstreamProtocolError(deployment, f"an SSE line over {max_line} bytes")
+            for raw_line in lines:
+                line = raw_line.rstrip(b"\r")
+                if not line:
+                    if data:
+                        yield event, b"\n".join(data)
+                    event, data = "message", []
+                elif len(line) > max_line:
+                    raise UpstreamProtocolError(deployment, f"an SSE line over {max_line} bytes")
+                elif line.startswith(b"data:"):
+                    data.append(line[6:] if line[5:6] == b" " else line[5:])
+                elif line.startswith(b"event:"):
+                    event = line[6:].strip().decode("utf-8", "replace")
+        if pending.startswith(b"data:"):
+            data.append(pending[6:] if pending[5:6] == b" " else pending[5:])
         if data:
             yield event, b"\n".join(data)
     except TimeoutError as exc:
@@ -204,12 +313,27 @@ async def sse_events(
 class ResponseChunkStream:
     """Owns an upstream response and the async iterator that translates it into chunks."""
 
-    def __init__(self, resp: aiohttp.ClientResponse, chunks: AsyncIterator[Json]) -> None:
+    def __init__(
+        self,
+        resp: aiohttp.ClientResponse,
+        translate: Callable[[aiohttp.ClientResponse, ResponseChunkStream], AsyncIterator[Json]],
+    ) -> None:
         self._resp = resp
-        self._chunks = chunks
+        self.malformed = 0
+        self.usage_rejected = False
+        self._chunks = translate(resp, self)
 
     def __aiter__(self) -> AsyncIterator[Json]:
         return self._chunks
+
+    def usage(self, usage: Any) -> Json | None:
+        """A usage block made trustworthy, or None (and flagged) when it cannot be."""
+        if usage is None:
+            return None
+        cleaned = clean_usage(usage)
+        if cleaned is None:
+            self.usage_rejected = True
+        return cleaned
 
     async def aclose(self) -> None:
         """Stop translating and give the connection back (or drop it, if mid-body)."""
@@ -219,13 +343,6 @@ class ResponseChunkStream:
         self._resp.release()
 
 
-def check_completion(data: Json, deployment: str) -> Json:
-    """Reject an answer that is not an OpenAI chat.completion."""
-    if not isinstance(data.get("choices"), list):
-        raise UpstreamProtocolError(deployment, "response has no choices")
-    return data
-
-
 __all__ = [
     "ChunkStream",
     "HTTPAdapter",
@@ -233,7 +350,7 @@ __all__ = [
     "Provider",
     "ResponseChunkStream",
     "UpstreamError",
-    "check_completion",
+    "is_json",
     "post",
     "read_json",
     "sse_events",

@@ -1,4 +1,11 @@
-"""Adapter for every OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp, LocalAI, ...)."""
+"""Adapter for every OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp, LocalAI, ...).
+
+Real servers differ from OpenAI in small ways, and the adapter accepts them all: usage on the
+last content chunk instead of a chunk of its own (`transformers serve`), no ``[DONE]`` after the
+finish reason, a JSON answer to a streamed request, an error object in the middle of a stream.
+What it does not accept is a stream that simply stops: no finish reason and no ``[DONE]`` is a
+cut (`UpstreamStreamCut`), never a complete answer.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +14,19 @@ from collections.abc import AsyncIterator
 import aiohttp
 import orjson
 
-from services.errors import UpstreamProtocolError
+from services.errors import UpstreamHTTPError, UpstreamStreamCut
 from services.providers.base import (
     ChunkStream,
     HTTPAdapter,
     Json,
     ResponseChunkStream,
-    check_completion,
-    post,
+    error_fields,
+    is_json,
     read_json,
+    redact,
     sse_events,
 )
+from services.providers.shapes import chunk_ok, completion_chunks, completion_ok
 
 
 class OpenAIProvider(HTTPAdapter):
@@ -35,35 +44,50 @@ class OpenAIProvider(HTTPAdapter):
         """A Bearer token when a key is configured (local servers usually need none)."""
         return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
-    async def complete(self, request: Json) -> Json:
-        """Forward the request with the upstream model id; answer the upstream's completion."""
-        payload = {**request, "model": self.upstream_model, "stream": False}
-        payload.pop("stream_options", None)  # OpenAI rejects it on non-streaming requests
-        body = orjson.dumps(payload)
-        resp = await post(self._session, self.name, self._url, body, self._headers, self._timeout)
-        return check_completion(await read_json(resp, self.name), self.name)
-
     async def open_stream(self, request: Json) -> ChunkStream:
-        """Forward a streaming request, asking for a final usage chunk."""
+        """Forward the request streamed with the upstream model id, asking for usage."""
         options = dict(request.get("stream_options") or {})
         options["include_usage"] = True
         payload = {**request, "model": self.upstream_model, "stream": True}
         payload["stream_options"] = options
-        body = orjson.dumps(payload)
-        resp = await post(
-            self._session, self.name, self._url, body, self._headers, self._stream_timeout
-        )
-        return ResponseChunkStream(resp, self._chunks(resp))
+        resp = await self._post(payload)
+        return ResponseChunkStream(resp, self._chunks)
 
-    async def _chunks(self, resp: aiohttp.ClientResponse) -> AsyncIterator[Json]:
-        async for _event, data in sse_events(resp, self.name):
+    async def _chunks(
+        self, resp: aiohttp.ClientResponse, out: ResponseChunkStream
+    ) -> AsyncIterator[Json]:
+        if is_json(resp):
+            body = completion_ok(await read_json(resp, self.name, self._max_line), self.name)
+            if "usage" in body:
+                body["usage"] = out.usage(body["usage"])
+            for chunk in completion_chunks(body):
+                yield chunk
+            return
+        finished = False
+        async for _event, data in sse_events(resp, self.name, self._max_line):
             if data == b"[DONE]":
                 return
             try:
                 chunk = orjson.loads(data)
-            except orjson.JSONDecodeError as exc:
-                raise UpstreamProtocolError(self.name, "stream chunk is not JSON") from exc
+            except orjson.JSONDecodeError:
+                out.malformed += 1
+                continue
             if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
-                raise UpstreamProtocolError(self.name, f"stream error: {chunk['error']}")
-            if isinstance(chunk, dict):
-                yield chunk
+                raise self._stream_error(data)
+            if not chunk_ok(chunk):
+                out.malformed += 1
+                continue
+            if chunk.get("usage") is not None:
+                chunk["usage"] = out.usage(chunk["usage"])
+            if not finished:
+                finished = any(c.get("finish_reason") for c in chunk.get("choices") or ())
+            yield chunk
+        if not finished:
+            raise UpstreamStreamCut(self.name, "the stream ended without finish_reason or [DONE]")
+
+    def _stream_error(self, data: bytes) -> UpstreamHTTPError:
+        """An error object sent mid-stream (vLLM, proxies): its code if it is a status, else 500."""
+        message, code, _ = error_fields(data)
+        status = int(code) if code is not None and code.isdigit() else 500
+        status = status if 400 <= status <= 599 else 500
+        return UpstreamHTTPError(self.name, status, redact(message, self._secrets), code=code)
