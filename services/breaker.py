@@ -59,6 +59,10 @@ class BreakerState:
     requests: int = 0
     successes: int = 0
     failures: int = 0
+    # Bumped by every write in Redis (the Lua script), with a generation that changes when the
+    # hash is created anew: a mirror never takes a reply older than what it already holds.
+    version: int = 0
+    generation: str = ""
     epochs: list[int] = field(default_factory=list)
     calls: list[int] = field(default_factory=list)
     bucket_failures: list[int] = field(default_factory=list)
@@ -109,6 +113,14 @@ class BreakerState:
                 raw = data[f.name]
                 setattr(state, f.name, raw if kind is str else kind(float(raw)))
         return state
+
+
+def newer(new: BreakerState, old: BreakerState) -> bool:
+    """Whether `new` may replace `old` in a mirror: a later write of the same Redis hash, or a
+    hash created anew (Redis restarted or flushed), or local state (no generation yet)."""
+    if not new.generation or new.generation != old.generation:
+        return True
+    return new.version >= old.version
 
 
 def _fmt(value: object) -> str:

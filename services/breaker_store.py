@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -38,6 +39,7 @@ local key = KEYS[1]
 local op, now, outcome = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local probe, jitter = ARGV[4] == '1', tonumber(ARGV[5])
 local count, pending = tonumber(ARGV[6]), tonumber(ARGV[7])
+local fresh_generation = ARGV[18]
 local P = {
   window = tonumber(ARGV[8]), buckets = tonumber(ARGV[9]), minimum_calls = tonumber(ARGV[10]),
   failure_rate = tonumber(ARGV[11]), consecutive = tonumber(ARGV[12]),
@@ -47,7 +49,7 @@ local P = {
 }
 local FLOATS = {open_until = true, probe_deadline = true, changed_at = true}
 local INTS = {'trips', 'consecutive_failures', 'probes', 'probe_successes', 'requests',
-              'successes', 'failures'}
+              'successes', 'failures', 'version'}
 
 local raw = redis.call('HGETALL', key)
 local h = {}
@@ -126,6 +128,11 @@ local function admit()
   return 'probe'
 end
 
+-- Every write is a new version; a hash created anew gets a new generation, so that a mirror
+-- holding a newer version of a lost hash still takes this one.
+s.version = s.version + 1
+local generation = h['generation'] or fresh_generation
+
 local decision = 'none'
 if op == 'reset' then
   close()
@@ -135,7 +142,7 @@ else
   elseif outcome ~= 'none' then record(outcome, probe, count) end
 end
 
-local out = {'state', s.state}
+local out = {'state', s.state, 'generation', generation}
 for name, _ in pairs(FLOATS) do
   table.insert(out, name); table.insert(out, string.format('%.3f', s[name]))
 end
@@ -190,6 +197,7 @@ class BreakerStore:
         self._clock = clock
         self._rng = rng or random.Random()
         self._script = redis.register_script(BREAKER_LUA)
+        self._generation = uuid.uuid4().hex[:12]  # used only if this process creates the hash
         self._states = {name: breaker.new_state(p) for name, p in self._policies.items()}
         self._pending = dict.fromkeys(self._policies, 0)
         self.rejections = dict.fromkeys(self._policies, 0)
@@ -319,7 +327,7 @@ class BreakerStore:
     ) -> Any:
         jitter = self._rng.uniform(-1.0, 1.0)
         args = [op, f"{now:.3f}", outcome.value if outcome else "none", int(probe), jitter, 1,
-                pending, *policy_args(self._policies[name])]  # fmt: skip
+                pending, *policy_args(self._policies[name]), self._generation]  # fmt: skip
         return await self._script(keys=[self._prefix + name], args=args, client=client)
 
     def _apply_locally(self, name: str, outcome: Outcome, probe: bool) -> None:
@@ -332,6 +340,8 @@ class BreakerStore:
 
     def _update(self, name: str, new: BreakerState) -> None:
         old = self._states[name]
+        if not breaker.newer(new, old):
+            return  # a reply that left Redis before the one already applied: stale
         self._states[name] = new
         if old.state != new.state:
             if new.state == OPEN:

@@ -5,11 +5,16 @@ from which `/circuit-breakers` and the admin views report success rate, latency 
 the current failure streak. Deciding on failures seen in traffic is the breaker's job; the
 monitor does not second-guess it from the same data.
 
-Active: each deployment is probed (its free model-list endpoint) every `probe_interval_seconds`
-+/- 20 %, so probes from many processes do not arrive together. After `unhealthy_after` failed
-probes in a row a deployment is unhealthy and the router skips it, like an open breaker; the
-first successful probe makes it healthy again. Probing needs no traffic, so a deployment that
-went quiet because it was skipped still comes back.
+Active: each deployment is probed (its free model-list endpoint, or the deployment's `probe:`
+path) every `probe_interval_seconds` +/- 20 %, so probes from many processes do not arrive
+together. After `unhealthy_after` failed probes in a row a deployment is unhealthy and the router
+skips it, like an open breaker; the first successful probe makes it healthy again. Probing needs
+no traffic, so a deployment that went quiet because it was skipped still comes back.
+
+Passive beats active: a deployment whose real chat calls succeeded within the last two probe
+intervals is not taken out by failing probes alone (a probe path can be broken on a server that
+chats fine: `transformers serve` answers `/v1/models` with 500 when it has no hub cache). Its
+breaker still judges the real calls.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class DeploymentHealth:
     last_probe_error: str | None = None
     next_probe_at: float = 0.0
     healthy: bool = True
+    last_success_at: float | None = None  # of a real call
+    probe_overruled: bool = False  # probes fail, real calls succeed (logged once)
 
     def summary(self) -> dict[str, Any]:
         """Success rate, latency percentiles (ms, successful calls) and probe results."""
@@ -106,6 +113,8 @@ class HealthMonitor:
         health = self._health[name]
         health.window.append((ok, seconds * 1000))
         health.consecutive_failures = 0 if ok else health.consecutive_failures + 1
+        if ok:
+            health.last_success_at = self._clock()
 
     def summary(self, name: str) -> dict[str, Any]:
         """The deployment's stats for the admin views."""
@@ -128,19 +137,32 @@ class HealthMonitor:
         except UpstreamError as exc:
             health.last_probe_ok, health.last_probe_error = False, exc.detail
             health.probe_failures += 1
-            if health.healthy and health.probe_failures >= self._settings.unhealthy_after:
+            if self._chats_fine(health):
+                if not health.probe_overruled:
+                    health.probe_overruled = True
+                    logger.warning("deployment {}: its probe fails ({}) but chat calls succeed; "
+                                   "kept in routing (set `probe:` for this server)", name,
+                                   exc.detail)  # fmt: skip
+            elif health.healthy and health.probe_failures >= self._settings.unhealthy_after:
                 health.healthy = False
                 logger.warning("deployment {} is unhealthy: {} probes failed ({})", name,
                                health.probe_failures, exc.detail)  # fmt: skip
         else:
             health.last_probe_ok, health.last_probe_error = True, None
             health.probe_failures = 0
+            health.probe_overruled = False
             if not health.healthy:
                 health.healthy = True
                 logger.info("deployment {} is healthy again", name)
         health.last_probe_at = self._clock()
         health.next_probe_at = health.last_probe_at + self.next_interval()
         return health.last_probe_ok
+
+    def _chats_fine(self, health: DeploymentHealth) -> bool:
+        recent = 2 * self._settings.probe_interval_seconds
+        return health.last_success_at is not None and (
+            self._clock() - health.last_success_at <= recent
+        )
 
     async def probe_due(self) -> None:
         """Probe, concurrently, every deployment whose next probe time has come."""

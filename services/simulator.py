@@ -544,5 +544,11 @@ def run_simulator(name: str, simulation: Simulation, *, host: str, port: int) ->
     """Serve until SIGINT/SIGTERM (aiohttp's run_app handles both)."""
     server = SimulatedModelServer(name, simulation)
     web.run_app(
-        server.app(), host=host, port=port, print=None, access_log=None, handle_signals=True
+        server.app(),
+        host=host,
+        port=port,
+        print=None,
+        access_log=None,
+        handle_signals=True,
+        shutdown_timeout=1.0,  # requests hanging on purpose must not hold up a stop
     )

@@ -26,7 +26,7 @@ from loguru import logger
 from services.continuation import OverlapFilter
 from services.errors import UpstreamError, envelope
 from services.executor import ChainExecutor, RoutedStream
-from services.usage import UsageRecorder
+from services.usage import UsageRecorder, estimate_tokens, prompt_chars
 
 Json = dict[str, Any]
 
@@ -70,7 +70,9 @@ class Relay:
         for choice in choices:
             if choice.get("index", 0) != 0:
                 self.single_choice = False
-            delta = choice.get("delta") or {}
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                delta = choice["delta"] = {}  # attached: the filter may write into it
             if self.continued:
                 delta.pop("role", None)
             content = delta.get("content")
@@ -109,15 +111,25 @@ class Relay:
         for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
             self.usage[key] = int(self.usage.get(key) or 0) + int(usage.get(key) or 0)
 
-    def usage_event(self) -> bytes:
-        """The final usage chunk, for a client that asked for one."""
+    def usage_event(self, request: Json) -> bytes:
+        """The final usage chunk, for a client that asked for one: the upstreams' own counts,
+        or an estimate when a broken stream took its count with it."""
+        usage = self.billable_usage()
+        if usage is None:
+            prompt = estimate_tokens(prompt_chars(request))
+            completion = estimate_tokens(self.chars)
+            usage = {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            }
         chunk: Json = {
             "id": self.id or "",
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": self.routed.model,
             "choices": [],
-            "usage": self.billable_usage(),
+            "usage": usage,
         }
         chunk.update(self.extra)
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
@@ -211,7 +223,7 @@ async def sse_body(
                 stream, head, rest = opened.stream, opened.head, opened.rest
                 streams.append(stream)
         if wants_usage:
-            yield relay.usage_event()
+            yield relay.usage_event(turn.request)
         record("continued" if continuations else None)
         yield b"data: [DONE]\n\n"
     finally:

@@ -89,7 +89,11 @@ class SimProcess:
 
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.wait(10)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # a handler still hanging on purpose may hold up a clean exit
+            self.proc.wait(10)
 
 
 class GatewayServer:

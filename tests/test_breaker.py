@@ -9,8 +9,9 @@ import redis.asyncio as aioredis
 
 from services import breaker
 from services.breaker import CLOSED, HALF_OPEN, OPEN, Admission, BreakerState, Outcome
-from services.breaker_store import BREAKER_LUA, parse_reply, policy_args
+from services.breaker_store import BREAKER_LUA, BreakerStore, parse_reply, policy_args
 from services.config import BreakerSettings
+from services.redis_gate import RedisGate
 
 DEFAULTS = BreakerSettings()
 
@@ -164,6 +165,72 @@ def test_state_survives_its_redis_encoding() -> None:
     assert again.to_fields() == state.to_fields()
 
 
+def test_a_mirror_never_takes_an_older_reply() -> None:
+    """A stale reply (lower version of the same hash) is refused; a new generation is taken."""
+    old = BreakerState(state="open", version=7, generation="g1")
+    assert not breaker.newer(BreakerState(state="half-open", version=6, generation="g1"), old)
+    assert breaker.newer(BreakerState(state="closed", version=7, generation="g1"), old)
+    assert breaker.newer(BreakerState(state="closed", version=1, generation="g2"), old)
+    assert breaker.newer(BreakerState(state="closed"), old)  # local state (Redis down)
+
+
+async def test_out_of_order_replies_do_not_move_the_mirror_backwards(redis_url: str) -> None:
+    """Two writes whose replies are applied in reverse order leave the mirror at the newer one,
+    and only one transition is logged."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        store = BreakerStore(client, RedisGate(client), {"d": DEFAULTS}, prefix="mirror:")
+        for _ in range(DEFAULTS.consecutive_failures):
+            await store.record("d", Outcome.FAILURE)
+        opened = store.state("d")
+        assert opened.state == "open"
+        stale = BreakerState.from_fields(
+            {**opened.to_fields(), "state": "closed", "version": str(opened.version - 1)},
+            DEFAULTS.buckets,
+        )
+        store._update("d", stale)  # a reply from before the trip, arriving late
+        assert store.state("d").state == "open" and store.state("d").version == opened.version
+    finally:
+        await client.aclose()
+
+
+def _time_to_close(policy: BreakerSettings, recovered_at: float, seed: int) -> tuple[float, int]:
+    """Traffic every 100 ms against a deployment that fails until `recovered_at`: how long after
+    recovery its breaker closes, and how many half-open probes reached it while it was down."""
+    rng = random.Random(seed)
+    state, now, probes = breaker.new_state(policy), 0.0, 0
+    while now < recovered_at + 600:
+        now = round(now + 0.1, 3)
+        state, admission = breaker.admit(state, policy, now)
+        if admission is Admission.REJECT:
+            continue
+        probe = admission is Admission.PROBE
+        probes += probe and now < recovered_at
+        ok = now >= recovered_at
+        outcome = Outcome.SUCCESS if ok else Outcome.FAILURE
+        state = breaker.record(state, policy, now, outcome, probe=probe, jitter=rng.uniform(-1, 1))
+        if ok and state.state == CLOSED:
+            return now - recovered_at, probes
+    raise AssertionError("never closed")
+
+
+def test_recovered_deployment_is_used_again_within_thirty_seconds() -> None:
+    """Whenever in a long outage the deployment recovers, its breaker closes within 30 s of the
+    recovery with the default policy (the open wait stops doubling at 20 s), while probes during
+    a 5-minute outage stay a few per minute."""
+    delays = [
+        _time_to_close(BreakerSettings(), 60 + offset * 1.7, seed)[0]
+        for seed, offset in enumerate(range(60))
+    ]
+    assert max(delays) <= 30, max(delays)
+    _, probes = _time_to_close(BreakerSettings(), 300, seed=1)
+    assert probes <= 2 * (300 // 16 + 1), probes
+    # The old cap (120 s) left a recovered deployment unused for over a minute.
+    old = max(_time_to_close(BreakerSettings(max_open_seconds=120), 60 + o * 1.7, o)[0]
+              for o in range(60))  # fmt: skip
+    assert old > 60
+
+
 async def test_lua_script_and_python_agree_on_random_histories(redis_url: str) -> None:
     """The Redis script and the pure functions produce identical states on 6 x 300 random events."""
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
@@ -196,9 +263,12 @@ async def test_lua_script_and_python_agree_on_random_histories(redis_url: str) -
                 # A sync is a record with no outcome: only the pending successes are applied.
                 sent_op, sent_outcome = ("record", "none") if op == "sync" else (op, outcome.value)
                 args = [sent_op, f"{now:.3f}", sent_outcome, int(probe), jitter, 1, pending,
-                        *policy_args(policy)]  # fmt: skip
+                        *policy_args(policy), "gen-a"]  # fmt: skip
                 reply = await script(keys=[key], args=args)
                 decision, shared = parse_reply(reply, policy.buckets)
+                # Redis's own bookkeeping: one more version per write, the generation kept.
+                assert (shared.version, shared.generation) == (state.version + 1, "gen-a")
+                state.version, state.generation = shared.version, shared.generation
                 expected = "none"
                 if op == "reset":
                     state = breaker.reset(state, policy, now)

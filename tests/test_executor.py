@@ -13,9 +13,11 @@ from services.breaker_store import BreakerStore
 from services.config import ResilienceSettings, Settings
 from services.errors import (
     UpstreamConnectError,
+    UpstreamContextLength,
     UpstreamError,
     UpstreamExhausted,
     UpstreamHTTPError,
+    UpstreamTimeout,
 )
 from services.executor import ChainExecutor
 from services.fallback_stats import FallbackStatistics
@@ -219,3 +221,65 @@ async def test_spent_budget_stops_the_walk_at_the_tiers(redis_conn: aioredis.Red
     routed = await executor.complete("chain", REQUEST)
     assert routed.route == "degraded" and b.calls == 0
     assert stats.local["budget_exhausted"] == 1
+
+
+async def test_a_500_is_retried_on_the_same_deployment_before_failing_over(
+    redis_conn: aioredis.Redis,
+) -> None:
+    """A retryable failure is retried on the same deployment (full jitter) even when a fallback
+    is usable; a chain's own policy sets how often."""
+    clock = Time()
+    busy = UpstreamHTTPError("a", 500, "busy")
+    a, b = Scripted("a", [busy, busy, busy, busy, None]), Scripted("b", [None])
+    executor, _ = build(redis_conn, {"a": a, "b": b}, clock,
+                        chains={"seed": {"steps": ["a", "b"],
+                                         "retry": {"max_retries": 3, "base_delay_seconds": 1}}})  # fmt: skip
+    routed = await executor.complete("seed", REQUEST)
+    assert (a.calls, b.calls, routed.model) == (4, 1, "b")
+    assert len(clock.sleeps) == 3 and all(0 <= s <= 4 for s in clock.sleeps)
+
+
+async def test_a_timeout_fails_over_at_once_but_is_retried_when_nothing_else_is_left(
+    redis_conn: aioredis.Redis,
+) -> None:
+    """A first-token timeout spent its share of the walk: it is not retried while another
+    deployment can take the request, and is retried when none can."""
+    clock = Time()
+    slow = UpstreamTimeout("a", "no first token")
+    a, b = Scripted("a", [slow, None]), Scripted("b", [None])
+    executor, _ = build(redis_conn, {"a": a, "b": b}, clock)
+    assert (await executor.complete("chain", REQUEST)).model == "b"
+    assert a.calls == 1 and clock.sleeps == []
+    only = Scripted("only", [UpstreamTimeout("only", "no first token"), None])
+    executor, _ = build(redis_conn, {"only": only}, Time())
+    assert (await executor.complete("bare", REQUEST)).attempts == 2
+
+
+async def test_an_answer_from_another_model_is_a_fallback_even_when_the_first_has_no_deployment(
+    redis_conn: aioredis.Redis,
+) -> None:
+    """The first model of the chain has no deployment up (planner replicas all down): the answer
+    from the second is reported as a fallback."""
+    clock = Time()
+    a, b = Scripted("a", [None]), Scripted("b", [None])
+    executor, _ = build(redis_conn, {"a": a, "b": b}, clock)
+    executor._router.set_replicas("a", [])
+    executor._router._static["a"] = ()
+    executor._router._deployments["a"] = ()
+    routed = await executor.complete("chain", REQUEST)
+    assert (routed.model, routed.route, routed.fallback) == ("b", "fallback", "true")
+
+
+async def test_context_window_fallback_names_where_a_long_request_goes(
+    redis_conn: aioredis.Redis,
+) -> None:
+    """`context_window_fallback` sends a too-long request to the named model, skipping others."""
+    clock = Time()
+    too_long = UpstreamContextLength(
+        "a", 400, "maximum context length", code="context_length_exceeded"
+    )
+    a, b, c = Scripted("a", [too_long]), Scripted("b", [None]), Scripted("c", [None])
+    executor, _ = build(redis_conn, {"a": a, "b": b, "c": c}, clock,
+                        models={"a": {"context_window_fallback": ["c"]}})  # fmt: skip
+    routed = await executor.complete("chain", REQUEST)
+    assert (routed.model, a.calls, b.calls, c.calls) == ("c", 1, 0, 1)
