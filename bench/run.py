@@ -49,6 +49,27 @@ COMPLETION = json.dumps(
         "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13},
     }
 )
+# The same answer as an OpenAI stream: what the gateway reads from every upstream (it streams even
+# for a non-streamed client, so that a silent upstream is noticed; docs/resilience.md).
+_CHUNK = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000,
+          "model": "bench-upstream"}  # fmt: skip
+STREAM = (
+    "".join(
+        "data: " + json.dumps({**_CHUNK, **part}) + "\\n\\n"
+        for part in (
+            {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+            {"choices": [{"index": 0, "delta": {"content": "Hello"}}]},
+            {"choices": [{"index": 0, "delta": {"content": " from"}}]},
+            {"choices": [{"index": 0, "delta": {"content": " nginx."}}]},
+            {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+            {
+                "choices": [],
+                "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13},
+            },
+        )
+    )
+    + "data: [DONE]\\n\\n"
+)
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -77,9 +98,11 @@ def ensure_tools() -> None:
     subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light", "wrk"], check=True)
 
 
-def start_nginx(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+def start_nginx(workdir: Path, port: int, sse: bool = False) -> subprocess.Popen[bytes]:
+    """nginx answering every POST with the canned completion, as JSON or (`sse`) as a stream."""
     conf = workdir / "nginx.conf"
-    body = COMPLETION.replace("'", "\\'")
+    body = (STREAM if sse else COMPLETION).replace("'", "\\'")
+    content_type = "text/event-stream" if sse else "application/json"
     conf.write_text(
         f"""
 worker_processes 1;
@@ -97,7 +120,7 @@ http {{
   keepalive_requests 1000000;
   server {{
     listen 127.0.0.1:{port};
-    location / {{ default_type application/json; return 200 '{body}'; }}
+    location / {{ default_type {content_type}; return 200 '{body}'; }}
   }}
 }}
 """
@@ -227,6 +250,13 @@ def main() -> None:
         "the warm-up, so requests skip it)",
     )
     parser.add_argument(
+        "--upstream",
+        choices=["json", "sse"],
+        default="sse",
+        help="what nginx answers: an SSE stream (what real servers send to the gateway's "
+        "streamed requests) or one JSON completion (a server that ignores `stream: true`)",
+    )
+    parser.add_argument(
         "--ledger",
         choices=["on", "off"],
         default="on",
@@ -239,7 +269,7 @@ def main() -> None:
     redis = start_redis_server()
     try:
         upstream_port, api_port = free_port(), free_port()
-        procs.append(start_nginx(workdir, upstream_port))
+        procs.append(start_nginx(workdir, upstream_port, sse=args.upstream == "sse"))
         direct = f"http://127.0.0.1:{upstream_port}/v1"
         primary = direct if args.scenario == "healthy" else f"http://127.0.0.1:{free_port()}/v1"
         config = write_config(workdir, upstream_port, api_port, primary, args.scenario)
@@ -285,7 +315,8 @@ def main() -> None:
         results = {key: median_run(r) for key, r in runs.items()}
         rss = rss_mb(api.pid)
         print(
-            f"scenario: {args.scenario}; ledger {args.ledger}; median of {args.repeats} runs of "
+            f"scenario: {args.scenario}; upstream {args.upstream}; ledger {args.ledger}; "
+            f"median of {args.repeats} runs of "
             f"{args.duration}s; one gateway worker; {os.cpu_count()} cores"
         )
         print(

@@ -230,27 +230,14 @@ class RetrySettings(_Section):
     max_retry_after_seconds: float = Field(5.0, ge=0)
 
 
-class HedgeSettings(_Section):
-    """Hedged requests: when the first deployment has produced no first token after a delay, the
-    same request starts on the next usable one; the first to produce a token wins."""
-
-    enabled: bool = False
-    # The delay: fixed, or (`adaptive`) the first deployment's own recent TTFT p95, never below
-    # `after_seconds` and never above `max_after_seconds`.
-    after_seconds: float = Field(0.5, gt=0)
-    adaptive: bool = False
-    max_after_seconds: float = Field(5.0, gt=0)
-
-
 class Chain(_Section):
-    """A named fallback chain: its steps, and optionally its own retry policy and hedging.
+    """A named fallback chain: its steps, and optionally its own retry policy.
 
     Written as a plain list (`default: [a, b, cache, degraded]`) or a mapping
     (`default: {steps: [...], retry: {max_retries: 3, base_delay_seconds: 1}}`)."""
 
     steps: list[str] = Field(min_length=1)
     retry: RetrySettings | None = None
-    hedge: HedgeSettings = HedgeSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -541,11 +528,6 @@ class Settings(_Section):
         """The chain's own retry policy, else resilience.retry (also for a model selector)."""
         chain = self.chains.get(selector)
         return chain.retry if chain is not None and chain.retry else self.resilience.retry
-
-    def hedge_policy(self, selector: str) -> HedgeSettings:
-        """The chain's hedging (off for a model selector)."""
-        chain = self.chains.get(selector)
-        return chain.hedge if chain is not None else HedgeSettings()
 
     def breaker_policy(self, deployment: Deployment) -> BreakerSettings:
         """The resilience.breaker settings with the deployment's own overrides applied."""
