@@ -230,14 +230,28 @@ class RetrySettings(_Section):
     max_retry_after_seconds: float = Field(5.0, ge=0)
 
 
+class HedgeSettings(_Section):
+    """Hedged requests (opt-in per chain): when the first deployment tried has produced no
+    first token after a delay, the same request starts on the next usable deployment; the first
+    to produce a token wins and the other is cancelled. Each hedge spends a retry-budget token."""
+
+    enabled: bool = False
+    # The delay: fixed, or (`adaptive`) the deployment's own recent time-to-first-token p95,
+    # never below `after_seconds` and never above `max_after_seconds`.
+    after_seconds: float = Field(0.5, gt=0)
+    adaptive: bool = False
+    max_after_seconds: float = Field(5.0, gt=0)
+
+
 class Chain(_Section):
-    """A named fallback chain: its steps, and optionally its own retry policy.
+    """A named fallback chain: its steps, and optionally its own retry policy and hedging.
 
     Written as a plain list (`default: [a, b, cache, degraded]`) or a mapping
     (`default: {steps: [...], retry: {max_retries: 3, base_delay_seconds: 1}}`)."""
 
     steps: list[str] = Field(min_length=1)
     retry: RetrySettings | None = None
+    hedge: HedgeSettings = HedgeSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -528,6 +542,11 @@ class Settings(_Section):
         """The chain's own retry policy, else resilience.retry (also for a model selector)."""
         chain = self.chains.get(selector)
         return chain.retry if chain is not None and chain.retry else self.resilience.retry
+
+    def hedge_policy(self, selector: str) -> HedgeSettings:
+        """The chain's hedging (off for a model selector)."""
+        chain = self.chains.get(selector)
+        return chain.hedge if chain is not None else HedgeSettings()
 
     def breaker_policy(self, deployment: Deployment) -> BreakerSettings:
         """The resilience.breaker settings with the deployment's own overrides applied."""

@@ -39,7 +39,7 @@ from loguru import logger
 from services.backoff import backoff_delay
 from services.breaker import Admission, Outcome
 from services.breaker_store import BreakerStore
-from services.config import Deployment, RetrySettings, Settings
+from services.config import Deployment, HedgeSettings, RetrySettings, Settings
 from services.continuation import continuation_request
 from services.errors import (
     ContentFiltered,
@@ -83,6 +83,7 @@ class Attempt:
     status: int = 0  # the upstream's HTTP status when it answered one
     error: str | None = None  # the UpstreamError class, when it failed
     counted: bool = False  # whether the breaker counted it as a failure
+    cancelled: bool = False  # a hedge that lost the race (or the attempt it overtook)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -448,6 +449,7 @@ class ChainExecutor:
         plan = deque(self._router.candidates(selector))
         first_model = self._router.first_model(selector)
         policy = self._all.retry_policy(selector)
+        hedge = self._all.hedge_policy(selector)
         self._budget.deposit()
         while plan:
             candidate = plan.popleft()
@@ -475,11 +477,17 @@ class ChainExecutor:
                 walk.retries += 1 if retries else 0
                 started = self._clock()
                 limit = min(remaining, self._attempt_seconds(name))
+                winner, winner_probe = candidate, probe
                 try:
                     async with asyncio.timeout(limit):
-                        opened = await self._open(
-                            candidate, request, min(self.ttft_seconds(name), remaining)
-                        )
+                        if hedge.enabled and not retries:
+                            opened, winner, winner_probe = await self._hedged(
+                                candidate, probe, request, hedge, plan, walk
+                            )
+                        else:
+                            opened = await self._open(
+                                candidate, request, min(self.ttft_seconds(name), remaining)
+                            )
                         result = await finish(opened)
                 except TimeoutError:
                     walk.deadline_hit = limit >= remaining
@@ -491,11 +499,12 @@ class ChainExecutor:
                     raise
                 else:
                     elapsed = self._clock() - started
-                    slow = await self._succeeded(name, probe, opened.ttft)
-                    walk.log.append(Attempt(name, candidate.model, True, elapsed, 200, None, slow))
-                    route = "primary" if candidate.model == first_model else "fallback"
-                    self._stats.served(route, candidate.model, walk.attempts, walk.retries)
-                    return result, candidate, route
+                    won = winner.provider.name
+                    slow = await self._succeeded(won, winner_probe, opened.ttft)
+                    walk.log.append(Attempt(won, winner.model, True, elapsed, 200, None, slow))
+                    route = "primary" if winner.model == first_model else "fallback"
+                    self._stats.served(route, winner.model, walk.attempts, walk.retries)
+                    return result, winner, route
                 elapsed = self._clock() - started
                 await self._failed(candidate, failure, probe, elapsed, walk)
                 if walk.deadline_hit:
@@ -508,6 +517,100 @@ class ChainExecutor:
                 await self._sleep(delay)
                 retries += 1
         return None
+
+    def hedge_delay(self, name: str, hedge: HedgeSettings) -> float:
+        """How long `name` may go without a first token before a hedge starts."""
+        if not hedge.adaptive:
+            return hedge.after_seconds
+        latency = self._health.summary(name)["latency_ms"]
+        p95 = latency["p95"] / 1000 if latency else hedge.after_seconds
+        return min(max(p95, hedge.after_seconds), hedge.max_after_seconds)
+
+    async def _hedged(
+        self,
+        candidate: Candidate,
+        probe: bool,
+        request: Json,
+        hedge: HedgeSettings,
+        plan: deque[Candidate],
+        walk: Walk,
+    ) -> tuple[Opened, Candidate, bool]:
+        """Open `candidate`; if it has no first token after the hedge delay, race it against
+        the next usable deployment. Answers the winner (and its probe flag); the loser is
+        cancelled and logged as such, a failed racer is recorded as a failure. When both fail,
+        the first one's failure is raised."""
+        name = candidate.provider.name
+        remaining = walk.deadline - self._clock()
+        first = asyncio.create_task(
+            self._open(candidate, request, min(self.ttft_seconds(name), remaining))
+        )
+        done, _ = await asyncio.wait({first}, timeout=self.hedge_delay(name, hedge))
+        backup = next((c for c in plan if self._usable(c.provider.name)), None)
+        if done or backup is None or not self._budget.try_withdraw():
+            return await first, candidate, probe
+        backup_name = backup.provider.name
+        admission = await self._breakers.admit(backup_name)
+        if admission is Admission.REJECT:
+            return await first, candidate, probe
+        backup_probe = admission is Admission.PROBE
+        walk.attempts += 1
+        self._stats.count("hedges")
+        started = self._clock()
+        remaining = walk.deadline - self._clock()
+        second = asyncio.create_task(
+            self._open(backup, request, min(self.ttft_seconds(backup_name), remaining))
+        )
+        racers = {first: (candidate, probe), second: (backup, backup_probe)}
+        pending = set(racers)
+        errors: dict[asyncio.Task[Opened], UpstreamError] = {}
+        try:
+            while pending:
+                finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    exc = task.exception()
+                    if exc is None:
+                        winner, winner_probe = racers[task]
+                        for loser in pending:
+                            await self._cancel_racer(loser, *racers[loser], started, walk)
+                        pending = set()
+                        if winner is backup:
+                            plan.remove(backup)  # tried: not again later in this walk
+                            if first in errors:  # the walk sees a success: record it here
+                                elapsed = self._clock() - started
+                                await self._failed(candidate, errors[first], probe, elapsed, walk)
+                        return task.result(), winner, winner_probe
+                    if not isinstance(exc, UpstreamError):
+                        raise exc
+                    errors[task] = exc
+                    if task is second:  # the first racer's failure is the walk's to record
+                        await self._failed(backup, exc, backup_probe, self._clock() - started, walk)
+                        plan.remove(backup)
+        finally:
+            for task in pending:
+                task.cancel()
+        raise errors[first]
+
+    async def _cancel_racer(
+        self,
+        task: asyncio.Task[Opened],
+        candidate: Candidate,
+        probe: bool,
+        started: float,
+        walk: Walk,
+    ) -> None:
+        """Stop the racer that lost: its stream closed, its breaker permit returned, its attempt
+        logged as cancelled."""
+        task.cancel()
+        try:
+            opened = await task
+        except (asyncio.CancelledError, UpstreamError):
+            pass
+        else:  # it finished in the same instant: give its connection back
+            await opened.stream.aclose()
+        name = candidate.provider.name
+        await self._release(name, probe)
+        walk.log.append(Attempt(name, candidate.model, False, self._clock() - started, 0,
+                                "HedgeCancelled", False, cancelled=True))  # fmt: skip
 
     def _replan(
         self, failure: UpstreamError, candidate: Candidate, plan: deque[Candidate], walk: Walk

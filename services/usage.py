@@ -204,9 +204,8 @@ class UsageRecorder:
         """Count every attempt in the metrics; answer their rows (none when `implied`)."""
         rows: list[UsageRecord] = []
         for attempt in log:
-            self._metrics.attempt(
-                attempt.deployment, attempt.model, "ok" if attempt.ok else "error", attempt.counted
-            )
+            outcome = "ok" if attempt.ok else "cancelled" if attempt.cancelled else "error"
+            self._metrics.attempt(attempt.deployment, attempt.model, outcome, attempt.counted)
             if implied:
                 continue
             rows.append(
@@ -214,7 +213,7 @@ class UsageRecorder:
                     kind="attempt",
                     model=attempt.model,
                     status=attempt.status,
-                    outcome="ok" if attempt.ok else "error",
+                    outcome=outcome,
                     error=attempt.error,
                     tokens_in=tokens_in if attempt.ok else 0,
                     tokens_out=tokens_out if attempt.ok else 0,

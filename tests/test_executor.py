@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from services.breaker_store import BreakerStore
-from services.config import ResilienceSettings, Settings
+from services.config import HedgeSettings, ResilienceSettings, Settings
 from services.errors import (
     UpstreamConnectError,
     UpstreamContextLength,
@@ -283,3 +283,20 @@ async def test_context_window_fallback_names_where_a_long_request_goes(
                         models={"a": {"context_window_fallback": ["c"]}})  # fmt: skip
     routed = await executor.complete("chain", REQUEST)
     assert (routed.model, a.calls, b.calls, c.calls) == ("c", 1, 0, 1)
+
+
+async def test_adaptive_hedge_delay_follows_the_deployments_own_ttft(
+    redis_conn: aioredis.Redis,
+) -> None:
+    """Adaptive hedging waits the deployment's recent TTFT p95, within [after, max_after]."""
+    a = Scripted("a", [None])
+    executor, _ = build(redis_conn, {"a": a}, Time())
+    adaptive = HedgeSettings(adaptive=True, after_seconds=0.2, max_after_seconds=2)
+    assert executor.hedge_delay("a:0", adaptive) == 0.2  # nothing observed yet
+    for ttft in [0.1] * 90 + [1.0] * 10:
+        executor._health.observe("a:0", True, ttft)
+    assert executor.hedge_delay("a:0", adaptive) == pytest.approx(1.0)
+    for _ in range(100):
+        executor._health.observe("a:0", True, 9.0)
+    assert executor.hedge_delay("a:0", adaptive) == 2
+    assert executor.hedge_delay("a:0", HedgeSettings(after_seconds=0.7)) == 0.7

@@ -396,3 +396,78 @@ def test_a_failing_models_path_does_not_take_out_a_server_that_chats(
                 break
         assert health["primary:0"]["health"]["healthy"] is True
         assert health["health-probed:0"]["health"]["last_probe_ok"] is True
+
+
+# -- hedged requests -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hedged(
+    redis_url: str, sims_60: tuple[SimProcess, SimProcess], tmp_path: Path
+) -> Iterator[GatewayServer]:
+    """A chain that hedges after 0.3 s, and the same chain without hedging."""
+    primary, secondary = sims_60
+    models = {
+        "primary": openai_model(primary.openai_url, "primary-upstream"),
+        "secondary": openai_model(secondary.openai_url, "secondary-upstream"),
+    }
+    chains = {
+        "hedged": {
+            "steps": ["primary", "secondary"],
+            "hedge": {"enabled": True, "after_seconds": 0.3},
+        },
+        "plain": ["primary", "secondary"],
+    }
+    with defaults_gateway(redis_url, tmp_path, models, chains) as server:
+        yield server
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_slow_first_token_is_hedged_and_the_first_token_wins(
+    closing: ExitStack,
+    hedged: GatewayServer,
+    primary: SimProcess,
+    secondary: SimProcess,
+    stream: bool,
+) -> None:
+    """Primary's first token would take 3 s: after 0.3 s the secondary starts too and answers;
+    the primary's attempt is cancelled and counted as such."""
+    primary.behave(first_token_ms=3000)
+    started = time.monotonic()
+    raw = client(closing, hedged).chat.completions.with_raw_response.create(
+        **ask("hedged"), stream=stream
+    )
+    if stream:
+        text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    else:
+        text = raw.parse().choices[0].message.content
+    assert time.monotonic() - started < 2
+    assert text == full_text("secondary-upstream")
+    assert raw.headers["x-router-fallback"] == "true" and raw.headers["x-router-attempts"] == "2"
+    assert primary.stats()["requests"] == 1 and secondary.stats()["requests"] == 1
+    metrics = http("GET", hedged.base + "/metrics")[2].decode()
+    assert (
+        'llm_attempts_total{deployment="primary:0",model="primary",outcome="cancelled"} 1.0'
+        in metrics
+    )
+
+
+def test_a_fast_primary_is_never_hedged(
+    closing: ExitStack, hedged: GatewayServer, primary: SimProcess, secondary: SimProcess
+) -> None:
+    """Hedging costs nothing while the primary answers before the delay."""
+    for _ in range(5):
+        client(closing, hedged).chat.completions.create(**ask("hedged"))
+    assert primary.stats()["requests"] == 5 and secondary.stats()["requests"] == 0
+
+
+def test_without_hedging_a_slow_primary_is_waited_for(
+    closing: ExitStack, hedged: GatewayServer, primary: SimProcess, secondary: SimProcess
+) -> None:
+    """Hedging is opt-in: the same slow primary on a chain without it answers, late."""
+    primary.behave(first_token_ms=1000)
+    started = time.monotonic()
+    answer = client(closing, hedged).chat.completions.create(**ask("plain"))
+    assert time.monotonic() - started >= 1
+    assert answer.choices[0].message.content == full_text("primary-upstream")
+    assert secondary.stats()["requests"] == 0
