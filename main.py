@@ -376,7 +376,7 @@ def demo(
     settings, _, _ = _load(config)
     configure_logging("demo", settings.log, console=False)
     typer.echo(
-        f"running 6 phases of {requests} requests (gateway log: {settings.log.dir}/demo.log)"
+        f"running 9 phases of {requests} requests (gateway log: {settings.log.dir}/demo.log)"
     )
     summary = asyncio.run(run_demo(requests, concurrency, settings.log.dir))
     typer.echo(json.dumps(summary) if json_output else render(summary))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 import uvicorn
 from aiohttp import web
 
@@ -58,8 +59,10 @@ def demo_settings(redis_url: str, ports: tuple[int, int], log_dir: str, data_dir
 
     def model(port: int, name: str) -> dict[str, Any]:
         url = f"http://127.0.0.1:{port}/v1"
-        return {"deployments": [{"provider": "openai", "base_url": url, "model": name,
-                                 "timeout_seconds": 0.5}]}  # fmt: skip
+        # Short first-token and stall deadlines (the defaults are 10 s) so hangs fit in a demo;
+        # both simulators continue a prefill, so broken streams are continued by the other.
+        return {"deployments": [{"provider": "simulated", "base_url": url, "model": name,
+                                 "ttft_seconds": 1.0, "stall_seconds": 1.0}]}  # fmt: skip
 
     return Settings.model_validate(
         {
@@ -89,22 +92,41 @@ async def _serve_simulator(server: SimulatedModelServer, port: int) -> web.AppRu
     return runner
 
 
+def complete_stream(raw: bytes) -> bool:
+    """Whether an SSE answer is whole: every word of the simulator's answer, then [DONE]."""
+    events = [line[6:] for line in raw.split(b"\n") if line.startswith(b"data: ")]
+    if not events or events[-1] != b"[DONE]":
+        return False
+    text = "".join(
+        (choice.get("delta") or {}).get("content") or ""
+        for event in events[:-1]
+        for choice in orjson.loads(event).get("choices") or ()
+    )
+    return len(text.split()) == SIM.response_tokens
+
+
 async def _phase(
-    http: aiohttp.ClientSession, base: str, name: str, prompts: list[str], concurrency: int
+    http: aiohttp.ClientSession,
+    base: str,
+    name: str,
+    prompts: list[str],
+    concurrency: int,
+    stream: bool = False,
 ) -> PhaseResult:
     result = PhaseResult(name)
     gate = asyncio.Semaphore(concurrency)
 
     async def one(prompt: str) -> None:
-        body = {"model": "demo", "messages": [{"role": "user", "content": prompt}]}
+        body = {"model": "demo", "messages": [{"role": "user", "content": prompt}],
+                "stream": stream}  # fmt: skip
         async with gate:
             started = time.perf_counter()
             async with http.post(base + "/v1/chat/completions", json=body) as resp:
-                await resp.read()
+                raw = await resp.read()
                 result.latencies_ms.append((time.perf_counter() - started) * 1000)
                 result.requests += 1
-                if resp.status != 200:
-                    result.errors += 1
+                if resp.status != 200 or (stream and not complete_stream(raw)):
+                    result.errors += 1  # a streamed answer must be whole, not just started
                     return
                 tier = resp.headers.get("X-Router-Fallback", "")
                 model = resp.headers.get("X-Router-Model", "")
@@ -143,7 +165,9 @@ async def run_demo(requests: int, concurrency: int, log_dir: str) -> dict[str, A
             fresh = [f"another question {i}" for i in range(requests)]
             phases: list[PhaseResult] = []
 
-            async def phase(name: str, prompts: list[str], **faults: Any) -> None:
+            async def phase(
+                name: str, prompts: list[str], stream: bool = False, **faults: Any
+            ) -> None:
                 # Each fault phase starts from closed breakers, so it shows the trip itself.
                 if faults:
                     for name_ in ("primary:0", "secondary:0"):
@@ -156,7 +180,7 @@ async def run_demo(requests: int, concurrency: int, log_dir: str) -> dict[str, A
                     sim.restore()
                     if changes:
                         sim.behaviour = sim.behaviour.updated(changes)
-                phases.append(await _phase(http, base, name, prompts, concurrency))
+                phases.append(await _phase(http, base, name, prompts, concurrency, stream))
 
             await phase("healthy", known)
             await phase("primary returns HTTP 500", fresh, primary={"failure_rate": 1.0})
@@ -166,7 +190,17 @@ async def run_demo(requests: int, concurrency: int, log_dir: str) -> dict[str, A
                 primary={"failure_rate": 1.0, "failure_mode": "drop"},
             )
             hang = {"failure_rate": 1.0, "failure_mode": "hang", "hang_seconds": 3}
-            await phase("primary hangs (0.5 s timeout)", fresh, primary=hang)
+            await phase("primary hangs (1 s first token)", fresh, primary=hang)
+            silent = {"failure_rate": 1.0, "failure_mode": "hang_after_headers",
+                      "drop_after_events": 0, "hang_seconds": 3}  # fmt: skip
+            await phase("primary silent after headers, streamed", fresh, True, primary=silent)
+            # Streams that break after their first words reached the client: each is continued
+            # on the secondary, so every client still gets the whole answer and [DONE].
+            stall = {"failure_rate": 1.0, "failure_mode": "stall_mid_stream",
+                     "drop_after_events": 5, "hang_seconds": 3}  # fmt: skip
+            await phase("primary stalls mid-stream", fresh, True, primary=stall)
+            cut = {"failure_rate": 1.0, "failure_mode": "drop_mid_stream", "drop_after_events": 5}
+            await phase("primary cuts streams", fresh, True, primary=cut)
             down = {"failure_rate": 1.0, "failure_status": 503}
             # Half asked before (the cache has them), half never asked (only `degraded` can answer).
             unseen = [f"a question nobody asked {i}" for i in range(requests)]
@@ -201,7 +235,7 @@ async def run_demo(requests: int, concurrency: int, log_dir: str) -> dict[str, A
 
 def render(summary: dict[str, Any]) -> str:
     """The summary as a plain-text report."""
-    widths = {"phase": -32, "requests": 9, "primary": 9, "secondary": 10, "cache": 7,
+    widths = {"phase": -40, "requests": 9, "primary": 9, "secondary": 10, "cache": 7,
               "degraded": 9, "errors": 8, "p50_ms": 8, "max_ms": 8}  # fmt: skip
 
     def line(values: dict[str, Any]) -> str:

@@ -27,9 +27,17 @@ def test_demo_absorbs_every_injected_fault(tmp_path: Path) -> None:
     for phase in (
         "primary returns HTTP 500",
         "primary drops connections",
-        "primary hangs (0.5 s timeout)",
+        "primary hangs (1 s first token)",
+        "primary silent after headers, streamed",
     ):
         assert rows[phase]["secondary"] == 8, phase
+    # Broken after their first words: continued (the header still names the primary, which
+    # started them) until the primary's breaker opens, then served by the secondary; every
+    # streamed answer whole (a cut one would count as an error above).
+    for phase in ("primary stalls mid-stream", "primary cuts streams"):
+        assert (
+            rows[phase]["primary"] >= 1 and rows[phase]["primary"] + rows[phase]["secondary"] == 8
+        )
     assert rows["every model down"]["cache"] == 4 and rows["every model down"]["degraded"] == 4
     assert rows["recovered"]["primary"] >= 2  # the half-open probes, at least
     assert summary["statistics"]["tiers"]["failed"] == 0
