@@ -84,12 +84,13 @@ def main() -> None:
         control(api.pid, "--instr=on")
         for _ in range(args.requests):
             post(base + "/chat_completions", body)
-        control(api.pid, "--instr=off")
-        stats = control(api.pid, "--stat")
-        found = re.search(r"Ir:\s*([\d,]+)", stats) or re.search(r"Events.*\n.*?([\d,]+)", stats)
+        control(api.pid, "--dump=measured")
+        dumps = sorted(workdir.glob("callgrind.out*"), key=lambda p: p.stat().st_mtime)
+        text = dumps[-1].read_text() if dumps else ""
+        found = re.search(r"^(?:totals|summary):\s*(\d+)", text, re.MULTILINE)
         if found is None:
-            sys.exit(f"no instruction count in callgrind_control's output:\n{stats}")
-        total = int(found.group(1).replace(",", ""))
+            sys.exit("no instruction count in the callgrind dump")
+        total = int(found.group(1))
         print(
             f"tree {args.root}; upstream {args.upstream}; {args.requests} requests: "
             f"{total / args.requests:,.0f} instructions per request"

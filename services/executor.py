@@ -60,6 +60,7 @@ from services.response_cache import ResponseCache
 from services.retry_budget import RetryBudget
 from services.router import Candidate, Router
 from services.tiers import ReplayedStream, completion_chunks, degraded_completion
+from services.watchdog import Watchdog
 
 T = TypeVar("T")
 
@@ -187,19 +188,27 @@ async def read_until_content(chunks: AsyncIterator[Json], deployment: str) -> li
     return head
 
 
-async def stall_guarded(
-    chunks: AsyncIterator[Json], deployment: str, stall: float
+async def watched(
+    chunks: AsyncIterator[Json], deployment: str, stall: float, watch: Watchdog
 ) -> AsyncIterator[Json]:
-    """The chunks, failing with UpstreamTimeout when one takes longer than `stall` to come."""
-    while True:
-        try:
-            async with asyncio.timeout(stall):
+    """The chunks, failing with UpstreamTimeout when one takes longer than `stall` to come (or
+    the watchdog's hard deadline passes)."""
+    try:
+        while True:
+            watch.begin(stall)
+            try:
                 chunk = await anext(chunks)
-        except StopAsyncIteration:
-            return
-        except TimeoutError as exc:
-            raise UpstreamTimeout(deployment, f"the stream stalled for {stall:g}s") from exc
-        yield chunk
+            except StopAsyncIteration:
+                return
+            except asyncio.CancelledError:
+                if watch.expired():
+                    raise UpstreamTimeout(deployment, watch.reason(stall)) from None
+                raise
+            finally:
+                watch.end()
+            yield chunk
+    finally:
+        watch.close()
 
 
 def _reason(failure: UpstreamError) -> str:
@@ -271,7 +280,7 @@ class ChainExecutor:
         """Answer a non-streamed request (read from the upstream as a stream, assembled)."""
         tiers = self._router.tiers(selector)
         walk = Walk(deadline=self._clock() + self._settings.deadline_seconds)
-        found = await self._walk(selector, request, walk, self._assemble)
+        found = await self._walk(selector, request, walk, self._assemble, bounded=True)
         if found is not None:
             (body, stream), candidate, route = found
             if "cache" in tiers:
@@ -305,7 +314,7 @@ class ChainExecutor:
         async def opened(result: Opened) -> Opened:
             return result
 
-        found = await self._walk(selector, request, walk, opened)
+        found = await self._walk(selector, request, walk, opened, bounded=False)
         if found is not None:
             result, candidate, route = found
             return RoutedStream(
@@ -396,26 +405,37 @@ class ChainExecutor:
 
     # -- one attempt -----------------------------------------------------------------------------
 
-    async def _open(self, candidate: Candidate, request: Json, ttft: float) -> Opened:
-        """Open `candidate` streamed and read until its first content, within `ttft`."""
+    async def _open(
+        self, candidate: Candidate, request: Json, ttft: float, limit: float | None = None
+    ) -> Opened:
+        """Open `candidate` streamed and read until its first content, within `ttft`; the rest
+        is guarded by the stall deadline, and the whole attempt by `limit` seconds if given."""
         provider = candidate.provider
         name = provider.name
         started = self._clock()
+        loop_deadline = None if limit is None else asyncio.get_running_loop().time() + limit
+        watch = Watchdog(loop_deadline)
         stream: ChunkStream | None = None
+        watch.begin(ttft)
         try:
-            async with asyncio.timeout(ttft):
-                stream = await provider.open_stream(request)
-                chunks = aiter(stream)
-                head = await read_until_content(chunks, name)
-        except TimeoutError as exc:
+            stream = await provider.open_stream(request)
+            chunks = aiter(stream)
+            head = await read_until_content(chunks, name)
+        except asyncio.CancelledError:
+            expired = watch.expired()
+            watch.close()
             if stream is not None:
                 await stream.aclose()
-            raise UpstreamTimeout(name, f"no first token within {ttft:g}s") from exc
+            if expired:
+                raise UpstreamTimeout(name, f"no first token within {ttft:g}s") from None
+            raise
         except BaseException:
+            watch.close()
             if stream is not None:
                 await stream.aclose()
             raise
-        rest = stall_guarded(chunks, name, self.stall_seconds(name))
+        watch.end()
+        rest = watched(chunks, name, self.stall_seconds(name), watch)
         return Opened(candidate, head, stream, rest, self._clock() - started)
 
     async def _assemble(self, opened: Opened) -> tuple[Json, ChunkStream]:
@@ -445,6 +465,8 @@ class ChainExecutor:
         request: Json,
         walk: Walk,
         finish: Callable[[Opened], Awaitable[T]],
+        *,
+        bounded: bool,
     ) -> tuple[T, Candidate, str] | None:
         plan = deque(self._router.candidates(selector))
         first_model = self._router.first_model(selector)
@@ -476,24 +498,24 @@ class ChainExecutor:
                 walk.attempts += 1
                 walk.retries += 1 if retries else 0
                 started = self._clock()
-                limit = min(remaining, self._attempt_seconds(name))
+                # A whole answer must also arrive in time; a stream, once it flows, only must
+                # not stall.
+                limit = min(remaining, self._attempt_seconds(name)) if bounded else None
+                ttft = min(self.ttft_seconds(name), remaining)
                 winner, winner_probe = candidate, probe
                 try:
-                    async with asyncio.timeout(limit):
-                        if hedge.enabled and not retries:
-                            opened, winner, winner_probe = await self._hedged(
-                                candidate, probe, request, hedge, plan, walk
-                            )
-                        else:
-                            opened = await self._open(
-                                candidate, request, min(self.ttft_seconds(name), remaining)
-                            )
-                        result = await finish(opened)
-                except TimeoutError:
-                    walk.deadline_hit = limit >= remaining
-                    failure: UpstreamError = UpstreamTimeout(name, f"no answer within {limit:g}s")
+                    if hedge.enabled and not retries:
+                        opened, winner, winner_probe = await self._hedged(
+                            candidate, probe, request, hedge, plan, walk, limit
+                        )
+                    else:
+                        opened = await self._open(candidate, request, ttft, limit)
+                    result = await finish(opened)
                 except UpstreamError as exc:
-                    failure = exc
+                    failure: UpstreamError = exc
+                    walk.deadline_hit = isinstance(exc, UpstreamTimeout) and (
+                        self._clock() >= walk.deadline - 0.01
+                    )
                 except BaseException:
                     await self._release(name, probe)  # cancelled: the client went away
                     raise
@@ -534,6 +556,7 @@ class ChainExecutor:
         hedge: HedgeSettings,
         plan: deque[Candidate],
         walk: Walk,
+        limit: float | None,
     ) -> tuple[Opened, Candidate, bool]:
         """Open `candidate`; if it has no first token after the hedge delay, race it against
         the next usable deployment. Answers the winner (and its probe flag); the loser is
@@ -542,7 +565,7 @@ class ChainExecutor:
         name = candidate.provider.name
         remaining = walk.deadline - self._clock()
         first = asyncio.create_task(
-            self._open(candidate, request, min(self.ttft_seconds(name), remaining))
+            self._open(candidate, request, min(self.ttft_seconds(name), remaining), limit)
         )
         done, _ = await asyncio.wait({first}, timeout=self.hedge_delay(name, hedge))
         backup = next((c for c in plan if self._usable(c.provider.name)), None)
@@ -558,7 +581,7 @@ class ChainExecutor:
         started = self._clock()
         remaining = walk.deadline - self._clock()
         second = asyncio.create_task(
-            self._open(backup, request, min(self.ttft_seconds(backup_name), remaining))
+            self._open(backup, request, min(self.ttft_seconds(backup_name), remaining), limit)
         )
         racers = {first: (candidate, probe), second: (backup, backup_probe)}
         pending = set(racers)

@@ -62,7 +62,7 @@ class UsageRecord:
     request_id: str
     model: str
     status: int
-    outcome: str  # ok | error | cache | degraded | failed
+    outcome: str  # ok | error | cancelled | cache | degraded | failed | interrupted | continued
     tokens_in: int = 0
     tokens_out: int = 0
     cost_nanousd: int = 0
