@@ -193,6 +193,7 @@ async def watched(
 ) -> AsyncIterator[Json]:
     """The chunks, failing with UpstreamTimeout when one takes longer than `stall` to come (or
     the watchdog's hard deadline passes)."""
+    watch.bind()  # the consumer of the rest: the executor's task, or the response's
     try:
         while True:
             watch.begin(stall)
@@ -416,6 +417,7 @@ class ChainExecutor:
         loop_deadline = None if limit is None else asyncio.get_running_loop().time() + limit
         watch = Watchdog(loop_deadline)
         stream: ChunkStream | None = None
+        watch.bind()
         watch.begin(ttft)
         try:
             stream = await provider.open_stream(request)

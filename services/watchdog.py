@@ -15,36 +15,43 @@ anyone else's with `Task.uncancel`, so a client that goes away still cancels the
 from __future__ import annotations
 
 import asyncio
+import math
 
 
 class Watchdog:
     """Deadlines for the waits of one attempt (see the module docstring)."""
 
-    __slots__ = ("_deadline", "_due", "_handle", "_loop", "_task", "_waiting", "fired")
+    __slots__ = ("_armed_at", "_deadline", "_due", "_handle", "_loop", "_task", "_time",
+                 "_waiting", "fired")  # fmt: skip
 
     def __init__(self, deadline: float | None = None) -> None:
         self._loop = asyncio.get_running_loop()
+        self._time = self._loop.time
         # A hard end for every wait (the walk's deadline for a whole answer), in loop time.
         self._deadline = deadline
         self._due = 0.0
         self._waiting = False
         self._task: asyncio.Task[object] | None = None
         self._handle: asyncio.TimerHandle | None = None
+        self._armed_at = math.inf
         self.fired = False
+
+    def bind(self) -> None:
+        """The waits from now on are the current task's (the one to cancel when one overruns)."""
+        self._task = asyncio.current_task()
 
     def begin(self, limit: float) -> None:
         """A wait starts that may last `limit` seconds (and not past the hard deadline)."""
-        due = self._loop.time() + limit
+        due = self._time() + limit
         if self._deadline is not None and self._deadline < due:
             due = self._deadline
         self._due = due
         self._waiting = True
-        self._task = asyncio.current_task()
-        handle = self._handle
-        if handle is None or due < handle.when():  # a shorter limit than the armed one
-            if handle is not None:
-                handle.cancel()
+        if due < self._armed_at:  # no timer yet, or one set for a longer limit
+            if self._handle is not None:
+                self._handle.cancel()
             self._handle = self._loop.call_at(due, self._check)
+            self._armed_at = due
 
     def end(self) -> None:
         """The wait is over."""
@@ -58,7 +65,7 @@ class Watchdog:
 
     def reason(self, stall: float) -> str:
         """Why the last wait was cut short."""
-        if self._deadline is not None and self._loop.time() >= self._deadline:
+        if self._deadline is not None and self._time() >= self._deadline:
             return "the attempt ran out of time"
         return f"the stream stalled for {stall:g}s"
 
@@ -68,14 +75,17 @@ class Watchdog:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+            self._armed_at = math.inf
 
     def _check(self) -> None:
         self._handle = None
+        self._armed_at = math.inf
         if not self._waiting or self.fired:
             return  # between waits: the next wait arms the timer again
-        if self._loop.time() >= self._due:
+        if self._time() >= self._due:
             self.fired = True
             if self._task is not None:
                 self._task.cancel()
         else:
             self._handle = self._loop.call_at(self._due, self._check)
+            self._armed_at = self._due

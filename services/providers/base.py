@@ -9,7 +9,7 @@ raised as `services.errors.UpstreamError` subclasses so the router can classify 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -269,41 +269,69 @@ async def read_json(resp: aiohttp.ClientResponse, deployment: str, limit: int) -
     return data
 
 
-async def sse_events(
-    resp: aiohttp.ClientResponse, deployment: str, max_line: int
-) -> AsyncIterator[tuple[str, bytes]]:
-    """Yield (event, data) pairs of a text/event-stream body; transport errors are classified.
+class SSEParser:
+    """Splits a text/event-stream body into (event, data) pairs, as the bytes arrive.
 
     Implements the parts of the SSE grammar LLM APIs use: ``event:`` and (possibly several)
     ``data:`` lines, dispatched on a blank line; comments (``:``) and ``id:``/``retry:`` ignored.
     Lines are split here rather than by aiohttp's ``readline``, whose own limit raises a bare
-    ValueError; a line longer than `max_line` is a protocol error.
+    ValueError; a line longer than `max_line` is a protocol error. Synchronous, so that a block
+    holding many events costs one trip through the async machinery, not one per event.
     """
-    event = "message"
-    data: list[bytes] = []
-    pending = b""
+
+    __slots__ = ("_data", "_deployment", "_event", "_max", "_pending")
+
+    def __init__(self, deployment: str, max_line: int) -> None:
+        self._deployment = deployment
+        self._max = max_line
+        self._event = "message"
+        self._data: list[bytes] = []
+        self._pending = b""
+
+    def feed(self, block: bytes) -> list[tuple[str, bytes]]:
+        """The events completed by `block`."""
+        lines = (self._pending + block).split(b"\n") if self._pending else block.split(b"\n")
+        self._pending = lines.pop()
+        if len(self._pending) > self._max:
+            raise UpstreamProtocolError(self._deployment, f"an SSE line over {self._max} bytes")
+        events: list[tuple[str, bytes]] = []
+        for raw_line in lines:
+            line = raw_line[:-1] if raw_line.endswith(b"\r") else raw_line
+            if not line:
+                if self._data:
+                    events.append((self._event, b"\n".join(self._data)))
+                self._event, self._data = "message", []
+            elif len(line) > self._max:
+                raise UpstreamProtocolError(self._deployment, f"an SSE line over {self._max} bytes")
+            elif line.startswith(b"data:"):
+                self._data.append(line[6:] if line[5:6] == b" " else line[5:])
+            elif line.startswith(b"event:"):
+                self._event = line[6:].strip().decode("utf-8", "replace")
+        return events
+
+    def finish(self) -> list[tuple[str, bytes]]:
+        """The last event, when the body ends without the blank line that dispatches it."""
+        if self._pending.startswith(b"data:"):
+            pending = self._pending
+            self._data.append(pending[6:] if pending[5:6] == b" " else pending[5:])
+        self._pending = b""
+        return [(self._event, b"\n".join(self._data))] if self._data else []
+
+
+async def sse_batches(
+    resp: aiohttp.ClientResponse, deployment: str, max_line: int
+) -> AsyncGenerator[list[tuple[str, bytes]], None]:
+    """The (event, data) pairs of a text/event-stream body, a list per block received;
+    transport errors are classified."""
+    parser = SSEParser(deployment, max_line)
     try:
         async for block in resp.content.iter_any():
-            lines = (pending + block).split(b"\n")
-            pending = lines.pop()
-            if len(pending) > max_line:
-                raise UpstreamProtocolError(deployment, f"an SSE line over {max_line} bytes")
-            for raw_line in lines:
-                line = raw_line.rstrip(b"\r")
-                if not line:
-                    if data:
-                        yield event, b"\n".join(data)
-                    event, data = "message", []
-                elif len(line) > max_line:
-                    raise UpstreamProtocolError(deployment, f"an SSE line over {max_line} bytes")
-                elif line.startswith(b"data:"):
-                    data.append(line[6:] if line[5:6] == b" " else line[5:])
-                elif line.startswith(b"event:"):
-                    event = line[6:].strip().decode("utf-8", "replace")
-        if pending.startswith(b"data:"):
-            data.append(pending[6:] if pending[5:6] == b" " else pending[5:])
-        if data:
-            yield event, b"\n".join(data)
+            events = parser.feed(block)
+            if events:
+                yield events
+        events = parser.finish()
+        if events:
+            yield events
     except TimeoutError as exc:
         raise UpstreamTimeout(deployment, "stream stalled") from exc
     except aiohttp.ClientError as exc:
@@ -353,5 +381,5 @@ __all__ = [
     "is_json",
     "post",
     "read_json",
-    "sse_events",
+    "sse_batches",
 ]

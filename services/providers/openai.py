@@ -9,6 +9,7 @@ cut (`UpstreamStreamCut`), never a complete answer.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -24,7 +25,7 @@ from services.providers.base import (
     is_json,
     read_json,
     redact,
-    sse_events,
+    sse_batches,
 )
 from services.providers.shapes import chunk_ok, completion_chunks, completion_ok
 
@@ -64,24 +65,30 @@ class OpenAIProvider(HTTPAdapter):
                 yield chunk
             return
         finished = False
-        async for _event, data in sse_events(resp, self.name, self._max_line):
-            if data == b"[DONE]":
-                return
-            try:
-                chunk = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                out.malformed += 1
-                continue
-            if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
-                raise self._stream_error(data)
-            if not chunk_ok(chunk):
-                out.malformed += 1
-                continue
-            if chunk.get("usage") is not None:
-                chunk["usage"] = out.usage(chunk["usage"])
-            if not finished:
-                finished = any(c.get("finish_reason") for c in chunk.get("choices") or ())
-            yield chunk
+        # Closed here, not left to the garbage collector: an abandoned async generator costs
+        # the event loop a task to finalise it.
+        async with contextlib.aclosing(sse_batches(resp, self.name, self._max_line)) as batches:
+            async for batch in batches:
+                for _event, data in batch:
+                    if data == b"[DONE]":
+                        return
+                    try:
+                        chunk = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        out.malformed += 1
+                        continue
+                    if not chunk_ok(chunk):
+                        if type(chunk) is dict and "error" in chunk and "choices" not in chunk:
+                            raise self._stream_error(data)
+                        out.malformed += 1
+                        continue
+                    if chunk.get("usage") is not None:
+                        chunk["usage"] = out.usage(chunk["usage"])
+                    if not finished:
+                        for choice in chunk.get("choices") or ():
+                            if choice.get("finish_reason"):
+                                finished = True
+                    yield chunk
         if not finished:
             raise UpstreamStreamCut(self.name, "the stream ended without finish_reason or [DONE]")
 

@@ -24,6 +24,8 @@ Json = dict[str, Any]
 # No model has a context of ten million tokens; a count above it is a broken or hostile upstream.
 MAX_TOKENS = 10_000_000
 TEXT_FIELDS = ("content", "reasoning_content", "refusal")
+TEXT_KEYS = frozenset(TEXT_FIELDS)
+HEAD_KEYS = ("id", "created", "model", "system_fingerprint")
 
 
 def _count(value: Any) -> bool:
@@ -47,29 +49,36 @@ def _text_or_none(value: Any) -> bool:
 
 
 def chunk_ok(chunk: Any) -> bool:
-    """Whether a parsed SSE payload is a ``chat.completion.chunk`` we can relay."""
-    if not isinstance(chunk, dict):
+    """Whether a parsed SSE payload is a ``chat.completion.chunk`` we can relay.
+
+    On every chunk of every answer, so it walks the keys a delta has (usually one) instead of
+    looking up every key it could have."""
+    if type(chunk) is not dict:
         return False
     choices = chunk.get("choices")
     if choices is None:
         return "usage" in chunk  # a usage-only chunk from a server that omits `choices`
-    if not isinstance(choices, list):
+    if type(choices) is not list:
         return False
     for choice in choices:
-        if not isinstance(choice, dict):
+        if type(choice) is not dict:
             return False
         delta = choice.get("delta")
         if delta is None:
             continue
-        if not isinstance(delta, dict) or not _text_or_none(choice.get("finish_reason")):
+        finish = choice.get("finish_reason")
+        if type(delta) is not dict or (finish is not None and type(finish) is not str):
             return False
-        if not all(_text_or_none(delta.get(key)) for key in TEXT_FIELDS):
-            return False
-        calls = delta.get("tool_calls")
-        if calls is not None and not (
-            isinstance(calls, list) and all(isinstance(c, dict) for c in calls)
-        ):
-            return False
+        for key, value in delta.items():
+            if value is None:
+                continue
+            if key in TEXT_KEYS:
+                if type(value) is not str:
+                    return False
+            elif key == "tool_calls" and (
+                type(value) is not list or not all(type(c) is dict for c in value)
+            ):
+                return False
     return True
 
 
@@ -90,6 +99,17 @@ def completion_ok(data: Json, deployment: str) -> Json:
     return data
 
 
+class _Choice:
+    """What one choice of a stream has said so far."""
+
+    __slots__ = ("calls", "finish", "text")
+
+    def __init__(self) -> None:
+        self.text: dict[str, list[str]] = {}
+        self.calls: dict[int, Json] = {}
+        self.finish: str | None = None
+
+
 class Assembler:
     """Folds ``chat.completion.chunk`` objects into one ``chat.completion``.
 
@@ -99,37 +119,36 @@ class Assembler:
     def __init__(self) -> None:
         self.head: Json = {}
         self.usage: Json | None = None
-        self._choices: dict[int, Json] = {}
+        self._choices: dict[int, _Choice] = {}
 
     def add(self, chunk: Json) -> None:
         """Fold one chunk in."""
         if not self.head:
-            self.head = {k: chunk[k] for k in ("id", "created", "model") if k in chunk}
-            if "system_fingerprint" in chunk:
-                self.head["system_fingerprint"] = chunk["system_fingerprint"]
-        if chunk.get("usage"):
-            self.usage = chunk["usage"]
+            self.head = {k: chunk[k] for k in HEAD_KEYS if k in chunk}
+        usage = chunk.get("usage")
+        if usage:
+            self.usage = usage
         for choice in chunk.get("choices") or ():
             index = choice.get("index", 0)
-            slot = self._choices.setdefault(
-                index, {"role": "assistant", "text": {}, "calls": {}, "finish": None}
-            )
-            delta = choice.get("delta") or {}
-            for key in TEXT_FIELDS:
-                piece = delta.get(key)
-                if piece:
-                    slot["text"].setdefault(key, []).append(piece)
-            for call in delta.get("tool_calls") or ():
-                merged = slot["calls"].setdefault(call.get("index", len(slot["calls"])), {})
-                if call.get("id"):
-                    merged["id"] = call["id"]
-                function = call.get("function") or {}
-                target = merged.setdefault("function", {"name": "", "arguments": ""})
-                if function.get("name"):
-                    target["name"] = function["name"]
-                target["arguments"] += function.get("arguments") or ""
-            if choice.get("finish_reason"):
-                slot["finish"] = choice["finish_reason"]
+            slot = self._choices.get(index)
+            if slot is None:
+                slot = self._choices[index] = _Choice()
+            delta = choice.get("delta")
+            if delta:
+                for key, value in delta.items():
+                    if not value:
+                        continue
+                    if key in TEXT_KEYS:
+                        pieces = slot.text.get(key)
+                        if pieces is None:
+                            slot.text[key] = [value]
+                        else:
+                            pieces.append(value)
+                    elif key == "tool_calls":
+                        _merge_calls(slot.calls, value)
+            finish = choice.get("finish_reason")
+            if finish:
+                slot.finish = finish
 
     def completion(self) -> Json:
         """The assembled ``chat.completion``."""
@@ -137,21 +156,21 @@ class Assembler:
         for index in sorted(self._choices):
             slot = self._choices[index]
             message: Json = {
-                "role": slot["role"],
-                "content": "".join(slot["text"].get("content", [])) or None,
+                "role": "assistant",
+                "content": "".join(slot.text.get("content", ())) or None,
             }
             for key in ("reasoning_content", "refusal"):
-                if key in slot["text"]:
-                    message[key] = "".join(slot["text"][key])
-            if slot["calls"]:
+                if key in slot.text:
+                    message[key] = "".join(slot.text[key])
+            if slot.calls:
                 message["tool_calls"] = [
                     {"id": call.get("id"), "type": "function", "function": call["function"]}
-                    for _, call in sorted(slot["calls"].items())
+                    for _, call in sorted(slot.calls.items())
                 ]
             elif message["content"] is None:
                 message["content"] = ""
             choices.append(
-                {"index": index, "message": message, "finish_reason": slot["finish"] or "stop"}
+                {"index": index, "message": message, "finish_reason": slot.finish or "stop"}
             )
         body: Json = {"id": "", "object": "chat.completion", "created": 0, "model": ""}
         body.update(self.head)
@@ -160,6 +179,19 @@ class Assembler:
         if self.usage is not None:
             body["usage"] = self.usage
         return body
+
+
+def _merge_calls(calls: dict[int, Json], deltas: list[Json]) -> None:
+    """Streamed tool-call fragments, joined by their index."""
+    for call in deltas:
+        merged = calls.setdefault(call.get("index", len(calls)), {})
+        if call.get("id"):
+            merged["id"] = call["id"]
+        function = call.get("function") or {}
+        target = merged.setdefault("function", {"name": "", "arguments": ""})
+        if function.get("name"):
+            target["name"] = function["name"]
+        target["arguments"] += function.get("arguments") or ""
 
 
 def completion_chunks(completion: Json) -> list[Json]:
