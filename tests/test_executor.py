@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from services.breaker_store import BreakerStore
-from services.config import HedgeSettings, ResilienceSettings, Settings
+from services.config import Deployment, HedgeSettings, ResilienceSettings, Settings
 from services.errors import (
     UpstreamConnectError,
     UpstreamContextLength,
@@ -300,3 +300,18 @@ async def test_adaptive_hedge_delay_follows_the_deployments_own_ttft(
         executor._health.observe("a:0", True, 9.0)
     assert executor.hedge_delay("a:0", adaptive) == 2
     assert executor.hedge_delay("a:0", HedgeSettings(after_seconds=0.7)) == 0.7
+
+
+async def test_deadlines_are_per_deployment_with_the_defaults_behind(
+    redis_conn: aioredis.Redis,
+) -> None:
+    """A deployment's own ttft_seconds/stall_seconds win; others get 10 s and 10 s."""
+    a, b = Scripted("a", [None]), Scripted("b", [None])
+    executor, _ = build(redis_conn, {"a": a, "b": b}, Time())
+    executor._deployments = {
+        "a:0": ("a", Deployment(provider="openai", base_url="http://x/v1", model="a",
+                                ttft_seconds=120, stall_seconds=30)),
+        "b:0": ("b", Deployment(provider="openai", base_url="http://x/v1", model="b")),
+    }  # fmt: skip
+    assert (executor.ttft_seconds("a:0"), executor.stall_seconds("a:0")) == (120, 30)
+    assert (executor.ttft_seconds("b:0"), executor.stall_seconds("b:0")) == (10, 10)

@@ -262,65 +262,72 @@ class AnthropicProvider(HTTPAdapter):
         # Closed here when message_stop returns early (an abandoned generator costs a task).
         batches = sse_batches(resp, self.name, self._max_line)
         async with contextlib.aclosing(batches):
-            async for event, data in (pair async for batch in batches for pair in batch):
-                try:
-                    payload = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    payload = None
-                if not isinstance(payload, dict):
-                    out.malformed += 1  # one bad event must not end a good answer
-                    continue
-                kind = payload.get("type", event)
-                if kind == "message_start":
-                    message = payload.get("message") or {}
-                    message_id = str(message.get("id", ""))
-                    model = str(message.get("model", model))
-                    if isinstance(message.get("usage"), dict):
-                        usage.update(message["usage"])
-                    yield chunk({"role": "assistant", "content": ""})
-                elif kind == "content_block_start":
-                    block = payload.get("content_block") or {}
-                    if block.get("type") == "tool_use":
-                        position = tool_index.setdefault(payload.get("index", 0), len(tool_index))
-                        call = {
-                            "index": position,
-                            "id": block.get("id"),
-                            "type": "function",
-                            "function": {"name": block.get("name"), "arguments": ""},
-                        }
-                        yield chunk({"tool_calls": [call]})
-                elif kind == "content_block_delta":
-                    delta = payload.get("delta") or {}
-                    if not isinstance(delta, dict) or not isinstance(delta.get("text", ""), str):
-                        out.malformed += 1
-                    elif delta.get("type") == "text_delta":
-                        yield chunk({"content": delta.get("text", "")})
-                    elif delta.get("type") == "input_json_delta":
-                        position = tool_index.get(payload.get("index", 0), 0)
-                        partial = {
-                            "index": position,
-                            "function": {"arguments": delta.get("partial_json", "")},
-                        }
-                        yield chunk({"tool_calls": [partial]})
-                elif kind == "message_delta":
-                    if isinstance(payload.get("usage"), dict):
-                        usage.update(payload["usage"])
-                    reason = (payload.get("delta") or {}).get("stop_reason")
-                    if reason:
-                        finished = True
-                        yield chunk({}, FINISH_REASONS.get(str(reason), "stop"))
-                elif kind == "message_stop":
-                    final = chunk({})
-                    final["choices"] = []
-                    final["usage"] = _usage(usage)
-                    if final["usage"] is None:
-                        out.usage_rejected = True
-                    yield final
-                    return
-                elif kind == "error":
-                    error = payload.get("error") or {}
-                    status = 529 if error.get("type") == "overloaded_error" else 500
-                    message = redact(str(error.get("message", "stream error"))[:300], self._secrets)
-                    raise UpstreamHTTPError(self.name, status, message)
+            async for batch in batches:
+                for event, data in batch:
+                    try:
+                        payload = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        payload = None
+                    if not isinstance(payload, dict):
+                        out.malformed += 1  # one bad event must not end a good answer
+                        continue
+                    kind = payload.get("type", event)
+                    if kind == "message_start":
+                        message = payload.get("message") or {}
+                        message_id = str(message.get("id", ""))
+                        model = str(message.get("model", model))
+                        if isinstance(message.get("usage"), dict):
+                            usage.update(message["usage"])
+                        yield chunk({"role": "assistant", "content": ""})
+                    elif kind == "content_block_start":
+                        block = payload.get("content_block") or {}
+                        if block.get("type") == "tool_use":
+                            position = tool_index.setdefault(
+                                payload.get("index", 0), len(tool_index)
+                            )
+                            call = {
+                                "index": position,
+                                "id": block.get("id"),
+                                "type": "function",
+                                "function": {"name": block.get("name"), "arguments": ""},
+                            }
+                            yield chunk({"tool_calls": [call]})
+                    elif kind == "content_block_delta":
+                        delta = payload.get("delta") or {}
+                        if not isinstance(delta, dict) or not isinstance(
+                            delta.get("text", ""), str
+                        ):
+                            out.malformed += 1
+                        elif delta.get("type") == "text_delta":
+                            yield chunk({"content": delta.get("text", "")})
+                        elif delta.get("type") == "input_json_delta":
+                            position = tool_index.get(payload.get("index", 0), 0)
+                            partial = {
+                                "index": position,
+                                "function": {"arguments": delta.get("partial_json", "")},
+                            }
+                            yield chunk({"tool_calls": [partial]})
+                    elif kind == "message_delta":
+                        if isinstance(payload.get("usage"), dict):
+                            usage.update(payload["usage"])
+                        reason = (payload.get("delta") or {}).get("stop_reason")
+                        if reason:
+                            finished = True
+                            yield chunk({}, FINISH_REASONS.get(str(reason), "stop"))
+                    elif kind == "message_stop":
+                        final = chunk({})
+                        final["choices"] = []
+                        final["usage"] = _usage(usage)
+                        if final["usage"] is None:
+                            out.usage_rejected = True
+                        yield final
+                        return
+                    elif kind == "error":
+                        error = payload.get("error") or {}
+                        status = 529 if error.get("type") == "overloaded_error" else 500
+                        message = redact(
+                            str(error.get("message", "stream error"))[:300], self._secrets
+                        )
+                        raise UpstreamHTTPError(self.name, status, message)
         if not finished:
             raise UpstreamStreamCut(self.name, "the stream ended without a stop reason")
