@@ -290,9 +290,15 @@ class _InterceptHandler:
                 logger.opt(depth=6, exception=record.exc_info).log(name, record.getMessage())
 
         logging.basicConfig(handlers=[Handler()], level=level, force=True)
-        for noisy in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        for noisy in ("uvicorn", "uvicorn.error"):
             logging.getLogger(noisy).handlers = []
             logging.getLogger(noisy).propagate = True
+        # The gateway writes its own access line (with the request id). uvicorn decides whether
+        # to write one by whether this logger has handlers, so it must have none, and not
+        # propagate to ours: otherwise every request is logged twice.
+        access = logging.getLogger("uvicorn.access")
+        access.handlers = []
+        access.propagate = False
 
 
 def intercept_stdlib_logging(level: str = "INFO") -> None:

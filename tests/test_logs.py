@@ -11,7 +11,9 @@ from loguru import logger
 
 from services.config import LogSettings
 from services.logs import AccessLog, SharedFileSink, configure_logging
+from services.redis_connection import free_port
 from services.request_context import request_id_var
+from tests.helpers import SimProcess, api_process, healthy, http, single_model_config, wait_until
 
 
 def test_lines_have_the_seed_format_and_request_id(tmp_path: Path) -> None:
@@ -74,3 +76,24 @@ def test_retention_removes_old_rotated_files(tmp_path: Path) -> None:
         sink.write("y" * 99 + "\n")
     sink.close()
     assert not old.exists() and recent.exists()
+
+
+def test_a_real_server_writes_exactly_one_line_per_request(
+    tmp_path: Path, redis_url: str, primary: SimProcess
+) -> None:
+    """`main.py api` (uvicorn, stdlib logging routed to loguru): one access line per request,
+    not ours plus uvicorn's."""
+    config = single_model_config(tmp_path, redis_url, primary)
+    port = free_port()
+    proc = api_process(config, {}, port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: healthy(base + "/livez"), timeout=60, what="api")
+        turn = {"model": "primary", "messages": [{"role": "user", "content": "hi"}]}
+        for _ in range(3):
+            assert http("POST", base + "/v1/chat/completions", turn)[0] == 200
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    lines = (tmp_path / "logs" / "api_server.log").read_text().splitlines()
+    assert len([line for line in lines if "/v1/chat/completions" in line]) == 3
