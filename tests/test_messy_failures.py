@@ -5,6 +5,7 @@ model can take. Clients are the official openai SDK (and raw SSE where the wire 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -17,7 +18,7 @@ import pytest
 
 from services.app import create_app
 from services.simulator import WORDS
-from tests.helpers import GatewayServer, SimProcess, http, openai_model, settings_for
+from tests.helpers import GatewayServer, SimProcess, http, openai_model, settings_for, wait_until
 
 TOKENS = 60
 
@@ -425,6 +426,7 @@ def hedged(
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_slow_first_token_is_hedged_and_the_first_token_wins(
     closing: ExitStack,
+    tmp_path: Path,
     hedged: GatewayServer,
     primary: SimProcess,
     secondary: SimProcess,
@@ -450,6 +452,16 @@ def test_a_slow_first_token_is_hedged_and_the_first_token_wins(
         'llm_attempts_total{deployment="primary:0",model="primary",outcome="cancelled"} 1.0'
         in metrics
     )
+    # Both attempts reach the ledger: the winner, and the loser as `cancelled`.
+    ledger = tmp_path / "ledger.db"
+
+    def attempt_rows() -> list[tuple[str, str]]:
+        with sqlite3.connect(ledger) as db:
+            query = "SELECT deployment, outcome FROM llm_records WHERE kind = 'attempt'"
+            return sorted(db.execute(query).fetchall())
+
+    wait_until(lambda: len(attempt_rows()) == 2, what="attempt rows in the ledger")
+    assert attempt_rows() == [("primary:0", "cancelled"), ("secondary:0", "ok")]
 
 
 def test_a_fast_primary_is_never_hedged(
