@@ -71,8 +71,8 @@ def run_all(config: ConfigOption = None) -> None:
     planner and the Redis health checker."""
     from loguru import logger
 
-    from services.logs import configure_logging
-    from services.redis_connection import (
+    from services.platform.logs import configure_logging
+    from services.platform.redis_connection import (
         free_port,
         ping,
         redis_server_argv,
@@ -80,7 +80,7 @@ def run_all(config: ConfigOption = None) -> None:
         start_fakeredis_server,
         wait_until_answers,
     )
-    from services.supervisor import ChildSpec, Supervisor
+    from services.platform.supervisor import ChildSpec, Supervisor
 
     settings, environ, path = _load(config)
     configure_logging("launcher", settings.log)
@@ -152,8 +152,8 @@ def api(
     """Run the FastAPI server (uvicorn, uvloop, httptools)."""
     import uvicorn
 
-    from services.auth import KeyRing, bind_refusal
-    from services.logs import configure_logging, intercept_stdlib_logging
+    from services.api.auth import KeyRing, bind_refusal
+    from services.platform.logs import configure_logging, intercept_stdlib_logging
 
     settings, environ, path = _load(config)
     bind_host = host or settings.api.host
@@ -194,8 +194,8 @@ def api(
         access_log=False,  # the gateway logs one line per request itself, with its id
         log_config=None,
         server_header=False,
-        # In-flight requests and streams get this long once the listener closes (services/drain.py
-        # first flips readiness and waits api.drain_delay_seconds).
+        # In-flight requests and streams get this long once the listener closes
+        # (services/api/drain.py first flips readiness and waits api.drain_delay_seconds).
         timeout_graceful_shutdown=math.ceil(settings.api.shutdown_grace_seconds),
     )
 
@@ -213,9 +213,9 @@ def redis(
     """Check the Redis connection once (exit 0/1), or keep checking with --watch."""
     from loguru import logger
 
-    from services.logs import configure_logging
-    from services.redis_health import check_redis
-    from services.redis_health import watch as watch_redis
+    from services.platform.logs import configure_logging
+    from services.platform.redis_health import check_redis
+    from services.platform.redis_health import watch as watch_redis
 
     settings, _, _ = _load(config)
     if not watch:
@@ -244,11 +244,11 @@ def capacity(config: ConfigOption = None) -> None:
     steer new sessions. Log: .logs/capacity_planning.log (every decision and why)."""
     import aiohttp
 
-    from services.capacity_planner import CapacityPlanner, build_scaler
-    from services.capacity_policy import ROLES, Role
-    from services.logs import configure_logging
-    from services.redis_connection import async_client
-    from services.scalers import Scaler
+    from services.capacity.planner import CapacityPlanner, build_scaler
+    from services.capacity.policy import ROLES, Role
+    from services.capacity.scalers import Scaler
+    from services.platform.logs import configure_logging
+    from services.platform.redis_connection import async_client
 
     settings, _, _ = _load(config)
     if not settings.capacity.enabled:
@@ -281,9 +281,9 @@ def ledger(config: ConfigOption = None) -> None:
 
     For `ledger.writer: external`; `main.py all` starts it (and, with `auto`, switches its API to
     external). Log: .logs/ledger_writer.log."""
-    from services.ledger_db import make_engine
-    from services.ledger_writer import LedgerWriter
-    from services.logs import configure_logging
+    from services.ledger.db import make_engine
+    from services.ledger.writer import LedgerWriter
+    from services.platform.logs import configure_logging
 
     settings, _, _ = _load(config)
     configure_logging("ledger_writer", settings.log)
@@ -333,8 +333,8 @@ def simulate(
 ) -> None:
     """Run a simulated model server (OpenAI and Anthropic protocols) in the foreground."""
     from services.config import Simulation
-    from services.logs import configure_logging
-    from services.simulator import run_simulator
+    from services.dev.simulator import run_simulator
+    from services.platform.logs import configure_logging
 
     if deployment is not None:
         settings, _, _ = _load(config)
@@ -370,8 +370,8 @@ def demo(
     Exits 1 if any client saw an error."""
     import json
 
-    from services.demo import render, run_demo
-    from services.logs import configure_logging
+    from services.dev.demo import render, run_demo
+    from services.platform.logs import configure_logging
 
     settings, _, _ = _load(config)
     configure_logging("demo", settings.log, console=False)

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from run import ensure_tools, start_nginx, stop_all, wait_http  # noqa: E402
 
-from services.redis_connection import free_port, start_redis_server  # noqa: E402
+from services.platform.redis_connection import free_port, start_redis_server  # noqa: E402
 
 SCENARIOS: dict[str, dict[str, Any]] = {
     "hang": {"behaviour": {"failure_rate": 1.0, "failure_mode": "hang", "hang_seconds": 600}},

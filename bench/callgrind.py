@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from run import ensure_tools, start_nginx, stop_all, wait_http, write_config  # noqa: E402
 
-from services.redis_connection import free_port, start_redis_server  # noqa: E402
+from services.platform.redis_connection import free_port, start_redis_server  # noqa: E402
 
 
 def post(url: str, body: dict[str, object]) -> bytes:

@@ -36,7 +36,7 @@ from run import (
     wrk,
 )
 
-from services.redis_connection import free_port, start_redis_server
+from services.platform.redis_connection import free_port, start_redis_server
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services.redis_connection import (  # noqa: E402
+from services.platform.redis_connection import (  # noqa: E402
     EmbeddedRedis,
     free_port,
     start_redis_server,

@@ -24,10 +24,21 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
-from services import __version__, drain, input_limits, ledger_db
-from services.admin_api import resilience_routes
-from services.auth import KeyRing
-from services.breaker_store import BreakerStore
+from services import __version__
+from services.api import drain, input_limits
+from services.api.admin import resilience_routes
+from services.api.auth import KeyRing
+from services.api.ledger_views import llm_routes
+from services.api.middleware import RequestContextMiddleware
+from services.api.schemas import (
+    CHAT_COMPLETION,
+    INITIATE_CALL,
+    SESSION_CHAT,
+    ChatCompletionRequest,
+    InitiateCallRequest,
+    SessionChatRequest,
+)
+from services.api.streaming import Turn, sse_body
 from services.config import Settings, load_settings
 from services.errors import (
     GatewayError,
@@ -38,25 +49,21 @@ from services.errors import (
     envelope,
     render,
 )
-from services.executor import ChainExecutor, Routed, RoutedStream
 from services.gateway import Gateway
-from services.llm_api import llm_routes
-from services.logs import AccessLog, configure_logging, intercept_stdlib_logging, secret_values
-from services.middleware import RequestContextMiddleware
-from services.providers.base import Json
-from services.request_context import caller_var, new_request_id, request_id_var
-from services.router import Router
-from services.schemas import (
-    CHAT_COMPLETION,
-    INITIATE_CALL,
-    SESSION_CHAT,
-    ChatCompletionRequest,
-    InitiateCallRequest,
-    SessionChatRequest,
+from services.ledger import db as ledger_db
+from services.ledger.usage import UsageRecorder, answer_chars
+from services.platform.logs import (
+    AccessLog,
+    configure_logging,
+    intercept_stdlib_logging,
+    secret_values,
 )
-from services.sessions import SessionStore
-from services.streaming import Turn, sse_body
-from services.usage import UsageRecorder, answer_chars
+from services.platform.request_context import caller_var, new_request_id, request_id_var
+from services.providers.base import Json
+from services.resilience.breaker_store import BreakerStore
+from services.routing.executor import ChainExecutor, Routed, RoutedStream
+from services.routing.router import Router
+from services.routing.sessions import SessionStore
 
 T = TypeVar("T")
 JSON = "application/json"

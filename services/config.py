@@ -126,7 +126,7 @@ class Simulation(_Section):
 
 
 class BreakerSettings(_Section):
-    """A deployment's circuit breaker (see services/breaker.py for the state machine)."""
+    """A deployment's circuit breaker (see services/resilience/breaker.py for the state machine)."""
 
     # Opens when, over the last `window_seconds`, at least `minimum_calls` calls were made and
     # `failure_rate` of them failed, or after `consecutive_failures` failures in a row.

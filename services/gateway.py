@@ -17,29 +17,29 @@ import redis.asyncio as aioredis
 from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services import ledger_db
-from services.auth import KeyRing
-from services.breaker_store import BreakerStore
-from services.capacity_state import LoadReporter, PublishedState, Replica, read_state
+from services.api.auth import KeyRing
+from services.api.rate_limit import RateLimiter
+from services.capacity.state import LoadReporter, PublishedState, Replica, read_state
 from services.config import Deployment, ScalerSettings, Settings, redact_url
-from services.executor import ChainExecutor
-from services.fallback_stats import FallbackStatistics
-from services.health_monitor import HealthMonitor
-from services.ledger import DB_ERRORS, Ledger
-from services.ledger_db import make_engine
-from services.ledger_writer import read_status
-from services.metrics import Metrics
+from services.ledger import db as ledger_db
+from services.ledger.db import make_engine
+from services.ledger.usage import UsageRecorder
+from services.ledger.wal import DB_ERRORS, Ledger
+from services.ledger.writer import read_status
+from services.platform.metrics import Metrics
+from services.platform.redis_connection import async_client
+from services.platform.redis_gate import REDIS_ERRORS, RedisGate
 from services.providers.anthropic import AnthropicProvider
 from services.providers.base import Provider
 from services.providers.openai import OpenAIProvider
-from services.rate_limit import RateLimiter
-from services.redis_connection import async_client
-from services.redis_gate import REDIS_ERRORS, RedisGate
-from services.response_cache import ResponseCache
-from services.retry_budget import RetryBudget
-from services.router import Router
-from services.sessions import SessionStore
-from services.usage import UsageRecorder
+from services.resilience.breaker_store import BreakerStore
+from services.resilience.fallback_stats import FallbackStatistics
+from services.resilience.health_monitor import HealthMonitor
+from services.resilience.retry_budget import RetryBudget
+from services.routing.executor import ChainExecutor
+from services.routing.response_cache import ResponseCache
+from services.routing.router import Router
+from services.routing.sessions import SessionStore
 
 
 def build_provider(

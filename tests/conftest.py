@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from services.app import create_app
-from services.redis_connection import EmbeddedRedis, start_private_redis
+from services.platform.redis_connection import EmbeddedRedis, start_private_redis
 from tests.helpers import GatewayServer, SimProcess, openai_model, settings_for
 
 
@@ -82,7 +82,7 @@ def gateway(
         "default": ["primary", "secondary", "cache", "degraded"],
         "bare": ["primary", "secondary"],
     }
-    # Active probes are switched off so that no probe lands mid-test; tests/test_health_monitor.py
+    # Active probes are switched off so that no probe lands mid-test; tests/resilience/test_health_monitor.py
     # covers them.
     resilience = {"health": {"enabled": False}}
     settings = settings_for(redis_url, tmp_path / "logs", models, chains, resilience=resilience)

@@ -19,7 +19,7 @@ import yaml
 from fastapi import FastAPI
 
 from services.config import Settings
-from services.redis_connection import free_port
+from services.platform.redis_connection import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN = str(ROOT / "main.py")

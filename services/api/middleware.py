@@ -1,0 +1,156 @@
+"""Pure-ASGI middleware: request id, API keys, header and body size limits, access line,
+last-resort error envelope.
+
+Written as plain ASGI rather than Starlette's BaseHTTPMiddleware, which wraps every request in
+extra tasks and streams and costs a large share of the hot path's budget.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from loguru import logger
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.api.auth import Denied, KeyRing, required_role
+from services.errors import PayloadTooLarge, envelope
+from services.platform.logs import AccessLog
+from services.platform.request_context import accept_request_id, caller_var, request_id_var
+
+
+class RequestContextMiddleware:
+    """Tags each request with an id, checks its API key, enforces the size limits and logs one
+    line when it ends."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        max_header_bytes: int = 16384,
+        keys: KeyRing | None = None,
+        access_log: AccessLog | None = None,
+    ) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.max_header_bytes = max_header_bytes
+        self.keys = keys or KeyRing([], None)
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        client_id = None
+        declared_length = None
+        authorization = None
+        header_bytes = 0
+        for name, value in scope["headers"]:
+            header_bytes += len(name) + len(value) + 4
+            if name == b"x-request-id":
+                client_id = value.decode("latin-1")
+            elif name == b"content-length":
+                declared_length = value
+            elif name == b"authorization":
+                authorization = value.decode("latin-1")
+        request_id = accept_request_id(client_id)
+        token = request_id_var.set(request_id)
+        rid_header = (b"x-request-id", request_id.encode())
+        state: dict[str, Any] = {"status": 0, "model": None}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                headers = message.setdefault("headers", [])
+                headers.append(rid_header)
+                for name, value in headers:
+                    if name == b"x-router-model":
+                        state["model"] = value.decode()
+            await send(message)
+
+        limit = self.max_body_bytes
+        received = 0
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+            return message
+
+        caller_token = None
+        try:
+            role = required_role(scope["method"], scope["path"]) if self.keys.enabled else "client"
+            verdict = self.keys.check(role, authorization)
+            if header_bytes > self.max_header_bytes:
+                await _send_error(send_with_id, 431, "invalid_request_error", "headers_too_large",
+                                  f"request headers are larger than {self.max_header_bytes} "
+                                  "bytes")  # fmt: skip
+            elif isinstance(verdict, Denied):
+                challenge = [(b"www-authenticate", b"Bearer")] if verdict.status == 401 else []
+                await _send_error(send_with_id, verdict.status, "invalid_request_error",
+                                  verdict.code, verdict.message, challenge)  # fmt: skip
+            elif declared_length is not None and _too_long(declared_length, limit):
+                if not _too_long(declared_length, DISCARD_LIMIT):
+                    await _discard_body(receive)
+                too_large = PayloadTooLarge(f"request body is larger than {limit} bytes")
+                await _send_error(send_with_id, too_large.status, too_large.type, too_large.code,
+                                  too_large.message)  # fmt: skip
+            else:
+                caller_token = caller_var.set(verdict.key_id)
+                await self.app(scope, receive_limited, send_with_id)
+        except Exception:  # noqa: BLE001 - the last line of defence: no trace reaches a client
+            # Anything that escaped the app's handlers: log it with the trace, answer a plain 500.
+            logger.exception("unhandled error on {} {}", scope["method"], scope["path"])
+            if not state["status"]:
+                await _send_error(send_with_id, 500, "server_error", "internal_error",
+                                  "internal error; see the server log")  # fmt: skip
+        finally:
+            if self.access_log is not None:
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                self.access_log.request(
+                    request_id, scope["method"], scope["path"], state["status"], elapsed_ms,
+                    state["model"],
+                )  # fmt: skip
+            request_id_var.reset(token)
+            if caller_token is not None:
+                caller_var.reset(caller_token)
+
+
+# A body refused for its size is still read (and dropped) up to this much before the 413: a
+# client that writes its whole body before reading (most do) would otherwise see the connection
+# reset instead of the answer. Beyond it the connection is closed after the 413.
+DISCARD_LIMIT = 16 * 1024 * 1024
+
+
+async def _discard_body(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return
+
+
+def _too_long(declared: bytes, limit: int) -> bool:
+    try:
+        return int(declared) > limit
+    except ValueError:
+        return False  # a malformed Content-Length is the server's to reject
+
+
+async def _send_error(
+    send: Send,
+    status: int,
+    type_: str,
+    code: str | None,
+    message: str,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    body = envelope(message, type_, code)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += extra_headers or []
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,198 @@
+"""Scalers: how the capacity planner brings a model to N replicas, and sees which are ready.
+
+    simulated   state and delays only (the seed's behaviour): replicas "become ready" after
+                `startup_seconds` and have no endpoint, so routing does not change
+    process     one local process per replica, from a command with `{port}` substituted; ready
+                when its health URL answers 200; stopped with SIGTERM, then SIGKILL after a grace
+    kubernetes  sets a Deployment's replicas through the API server; ready from
+                `status.readyReplicas` (services/capacity/kubernetes.py)
+
+`scale_to` only begins the change and returns; `status` is polled every planner tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+
+import aiohttp
+from loguru import logger
+
+from services.capacity.state import Replica
+from services.config import ROOT, ScalerSettings
+from services.platform.redis_connection import free_port
+from services.platform.supervisor import die_with_parent
+
+
+@dataclass(frozen=True, slots=True)
+class ScalerStatus:
+    replicas: list[Replica]  # the endpoints to route to (one Service for kubernetes)
+    wanted: int
+    ready_count: int
+
+    @property
+    def ready(self) -> bool:
+        """Every wanted replica answers (and at least one is wanted)."""
+        return self.wanted > 0 and self.ready_count >= self.wanted
+
+
+class Scaler(Protocol):
+    async def scale_to(self, replicas: int) -> None: ...
+
+    async def status(self) -> ScalerStatus: ...
+
+    async def close(self) -> None: ...
+
+
+class SimulatedScaler:
+    """No processes, no endpoints: replicas are ready `startup_seconds` after they were asked
+    for. Routing keeps using the static deployments; the target for new sessions still moves."""
+
+    def __init__(
+        self, model: str, settings: ScalerSettings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._model = model
+        self._settings = settings
+        self._clock = clock
+        self._started: list[float] = []
+
+    async def scale_to(self, replicas: int) -> None:
+        now = self._clock()
+        while len(self._started) < replicas:
+            self._started.append(now)
+        del self._started[replicas:]
+
+    async def status(self) -> ScalerStatus:
+        now = self._clock()
+        replicas = [
+            Replica(f"{self._model}:sim-{i}", "", now - at >= self._settings.startup_seconds)
+            for i, at in enumerate(self._started)
+        ]
+        return ScalerStatus(replicas, len(self._started), sum(r.ready for r in replicas))
+
+    async def close(self) -> None:
+        self._started.clear()
+
+
+@dataclass
+class _Process:
+    port: int
+    process: asyncio.subprocess.Process
+    started: float
+    log: IO[bytes]  # the replica's output file, closed when it stops
+    ready: bool = False
+
+
+class ProcessScaler:
+    """Local replicas: one process per replica on a free port (vLLM, llama.cpp, or by default
+    the built-in simulated model server with `startup_seconds` of cold start)."""
+
+    def __init__(
+        self,
+        model: str,
+        settings: ScalerSettings,
+        http: aiohttp.ClientSession,
+        *,
+        log_dir: Path,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._model = model
+        self._settings = settings
+        self._http = http
+        self._log_dir = log_dir
+        self._clock = clock
+        self._procs: list[_Process] = []
+
+    def argv(self, port: int) -> list[str]:
+        """The replica's command line, placeholders substituted."""
+        command = self._settings.command or [
+            "{python}", "{main}", "simulate", "--port", "{port}", "--model-name", "{model}",
+            "--cold-start-seconds", str(self._settings.startup_seconds),
+        ]  # fmt: skip
+        values = {"port": port, "model": self._model, "python": sys.executable,
+                  "main": str(ROOT / "main.py")}  # fmt: skip
+        return [part.format(**values) for part in command]
+
+    def base_url(self, port: int) -> str:
+        return self._settings.base_url.format(port=port, model=self._model)
+
+    async def scale_to(self, replicas: int) -> None:
+        while len(self._procs) < replicas:
+            port = free_port()
+            argv = self.argv(port)
+            self._log_dir.mkdir(parents=True, exist_ok=True)
+            log = (self._log_dir / f"replica-{self._model}-{port}.log").open("ab")
+            # Its own session (a Ctrl-C aimed at the planner does not skip the drain) and tied
+            # to our lifetime, like the children of `main.py all`; its output in its own file.
+            process = await asyncio.create_subprocess_exec(
+                *argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=die_with_parent,
+            )  # fmt: skip
+            self._procs.append(_Process(port, process, self._clock(), log))
+            logger.info("started {} replica on port {} (pid {}): {}", self._model, port,
+                        process.pid, " ".join(argv))  # fmt: skip
+        while len(self._procs) > replicas:
+            await self._stop(self._procs.pop())  # newest first
+
+    async def status(self) -> ScalerStatus:
+        replicas = []
+        for proc in list(self._procs):
+            code = proc.process.returncode
+            if code is not None:
+                logger.error("{} replica on port {} exited with code {}; replacing it",
+                             self._model, proc.port, code)  # fmt: skip
+                self._procs.remove(proc)
+                proc.log.close()
+                continue
+            if not proc.ready:
+                proc.ready = await self._healthy(proc.port)
+                if proc.ready:
+                    logger.info("{} replica on port {} ready after {:.1f}s", self._model,
+                                proc.port, self._clock() - proc.started)  # fmt: skip
+                elif self._clock() - proc.started > self._settings.ready_timeout_seconds:
+                    logger.error(
+                        "{} replica on port {} not ready after {:.0f}s; replacing it",
+                        self._model, proc.port, self._settings.ready_timeout_seconds,
+                    )  # fmt: skip
+                    self._procs.remove(proc)
+                    await self._stop(proc)
+                    continue
+            replicas.append(Replica(f"{self._model}:port-{proc.port}", self.base_url(proc.port),
+                                    proc.ready))  # fmt: skip
+        return ScalerStatus(replicas, len(self._procs), sum(r.ready for r in replicas))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self._stop(p) for p in self._procs))
+        self._procs.clear()
+
+    async def _healthy(self, port: int) -> bool:
+        url = self._settings.health_url.format(port=port, model=self._model)
+        try:
+            async with self._http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def _stop(self, proc: _Process) -> None:
+        """SIGTERM (the server finishes what it is serving), SIGKILL after the grace."""
+        with contextlib.suppress(ProcessLookupError):
+            proc.process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(self._settings.stop_grace_seconds):
+                await proc.process.wait()
+        except TimeoutError:
+            logger.warning("{} replica on port {} ignored SIGTERM; killing it", self._model,
+                           proc.port)  # fmt: skip
+            with contextlib.suppress(ProcessLookupError):
+                proc.process.kill()
+            await proc.process.wait()
+        proc.log.close()
+        logger.info("stopped {} replica on port {}", self._model, proc.port)

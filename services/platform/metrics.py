@@ -1,0 +1,196 @@
+"""Prometheus metrics (SPEC §9), correct with several uvicorn workers.
+
+With `PROMETHEUS_MULTIPROC_DIR` set (`main.py api` sets it), prometheus-client keeps every
+process's values in memory-mapped files there and `/metrics` merges them: counters and
+histograms add up across workers, gauges use the mode noted on each. Without it (tests, one
+process) the values live in this object's own registry. Each `Metrics` has its own registry,
+so several apps in one process (the test suite) do not collide.
+
+Labelled children are cached in dicts: `.labels()` costs more than the increment itself.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from services.capacity.policy import READY, STARTING, STOPPED, STOPPING
+from services.capacity.state import PublishedState
+
+BREAKER_STATE_VALUE = {"closed": 0, "half-open": 1, "open": 2}
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+def multiprocess_dir() -> str | None:
+    """The shared directory when running under several workers, else None."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    """Every metric the gateway exports."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.buffer_len = Gauge(
+            "llm_buffer_len",
+            "Ledger records waiting for the database.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.wal_size = Gauge(
+            "llm_wal_size_bytes",
+            "Bytes in write-ahead logs not yet committed.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.attempts = Counter(
+            "llm_attempts", "Upstream attempts.", ["deployment", "model", "outcome"], registry=r
+        )
+        self.breaker_state = Gauge(
+            "circuit_breaker_state",
+            "Breaker state: 0 closed, 1 half-open, 2 open.",
+            ["name"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.breaker_requests = Counter(
+            "circuit_breaker_requests", "Calls through a breaker.", ["name"], registry=r
+        )
+        self.breaker_failures = Counter(
+            "circuit_breaker_failures", "Calls a breaker counted as failed.", ["name"], registry=r
+        )
+        self.tier_usage = Counter(
+            "fallback_chain_tier_usage", "Requests by the tier that answered.", ["tier"], registry=r
+        )
+        self.latency = Histogram(
+            "llm_request_duration_seconds",
+            "Gateway request duration.",
+            ["model", "tier"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "llm_time_to_first_token_seconds",
+            "Streaming time to first token.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "llm_tokens", "Tokens by model and direction.", ["model", "direction"], registry=r
+        )
+        self.cost = Counter("llm_cost_usd", "Cost in USD by model.", ["model"], registry=r)
+        self.anomalies = Counter(
+            "llm_upstream_anomalies",
+            "Upstream answers repaired at the boundary: chunks skipped as malformed, usage "
+            "blocks dropped as untrustworthy (tokens then estimated).",
+            ["deployment", "kind"],
+            registry=r,
+        )
+        self.sessions = Counter(
+            "gateway_sessions_created", "Sessions created or re-pinned.", registry=r
+        )
+        # The capacity planner's state as this process last read it from Redis (every worker
+        # reads the same key, so the multiprocess view is the max).
+        self.planner_up = Gauge(
+            "capacity_planner_up", "1 while a capacity planner publishes its state.",
+            registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.planner_model_state = Gauge(
+            "capacity_model_state", "1 for the state each managed model is in.",
+            ["model", "state"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.planner_replicas = Gauge(
+            "capacity_replicas", "Planner-started replicas, by readiness.",
+            ["model", "ready"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.planner_threshold = Gauge(
+            "capacity_threshold", "Current scale-up threshold, in the signal's unit.",
+            registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.planner_signal = Gauge(
+            "capacity_signal", "Last observed value of each planner signal.",
+            ["signal"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.planner_target = Gauge(
+            "capacity_routing_target", "1 for the selector new sessions are pinned to.",
+            ["selector"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self._children: dict[tuple[Any, ...], Any] = {}
+        self._targets: set[str] = set()
+
+    def planner(self, state: PublishedState | None) -> None:
+        """Mirror the planner's published state (None: no planner alive)."""
+        self.planner_up.set(0 if state is None else 1)
+        if state is None:
+            return
+        for model, entry in state.models.items():
+            for name in (STOPPED, STARTING, READY, STOPPING):
+                self.planner_model_state.labels(model, name).set(1 if entry.state == name else 0)
+            ready = sum(r.ready for r in entry.replicas)
+            self.planner_replicas.labels(model, "true").set(ready)
+            self.planner_replicas.labels(model, "false").set(len(entry.replicas) - ready)
+        self.planner_threshold.set(state.threshold)
+        for name, value in state.observed.items():
+            self.planner_signal.labels(name).set(value)
+        for selector in {state.target_selector, *self._targets}:
+            self.planner_target.labels(selector).set(1 if selector == state.target_selector else 0)
+        self._targets.add(state.target_selector)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def request(self, model: str, tier: str, seconds: float, ttft: float | None) -> None:
+        """One answered (or failed) request."""
+        self._child(self.latency, model, tier).observe(seconds)
+        self._child(self.tier_usage, tier).inc()
+        if ttft is not None:
+            self._child(self.ttft, model).observe(ttft)
+
+    def attempt(self, deployment: str, model: str, outcome: str, counted_failure: bool) -> None:
+        """One upstream attempt, and what its breaker saw."""
+        self._child(self.attempts, deployment, model, outcome).inc()
+        self._child(self.breaker_requests, deployment).inc()
+        if counted_failure:
+            self._child(self.breaker_failures, deployment).inc()
+
+    def usage(self, model: str, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
+        """Tokens and cost of one answer."""
+        # Incremented even by zero, so that every model answering appears in the exposition.
+        self._child(self.tokens, model, "input").inc(tokens_in)
+        self._child(self.tokens, model, "output").inc(tokens_out)
+        self._child(self.cost, model).inc(cost_usd)
+
+    def anomaly(self, deployment: str, kind: str, count: int = 1) -> None:
+        """Something an upstream sent that had to be skipped or replaced."""
+        self._child(self.anomalies, deployment, kind).inc(count)
+
+    def breaker(self, name: str, state: str) -> None:
+        """A breaker's current state, as this process sees it."""
+        self._child(self.breaker_state, name).set(BREAKER_STATE_VALUE[state])
+
+    def render(self) -> bytes:
+        """The exposition text: all workers merged when multiprocess, else this registry."""
+        path = multiprocess_dir()
+        if path is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=path)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)

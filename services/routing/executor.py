@@ -1,0 +1,804 @@
+"""The chain executor: walks a request's plan until a deployment answers, then the tiers.
+
+For each deployment of the plan (SPEC §6, docs/resilience.md):
+
+1. skip it if it is disabled, the health monitor says it is unhealthy, or its breaker rejects
+   the call;
+2. every attempt after the request's first needs a token from the retry budget; without one the
+   walk stops and the tiers answer;
+3. open it streamed and wait for its first content token within its time-to-first-token
+   deadline (connect and response headers included), never longer than what is left of the
+   walk's deadline; a whole answer is then read with a stall deadline between chunks and
+   assembled, a stream is handed to the client;
+4. a success and a failure are reported to the breaker and the health monitor;
+5. a retryable failure (connect, 408, 429, 5xx, a cut stream) is retried on the same
+   deployment up to the chain's `max_retries`, after full-jitter backoff honouring `Retry-After`
+   up to a cap; a timeout has already spent its share of the walk, so it fails over at once
+   (and is retried only when nothing else is left); then the walk moves on;
+6. an upstream 400 that says the prompt is too long goes to a model with a larger context; a
+   content-policy refusal ends the walk as 400 `content_filter` (unless the model names a
+   `content_policy_fallback`); any other 400/413/422 ends it as the client's fault.
+
+When nothing answered: the `cache` tier (if the chain has it), then `degraded` (if it has it),
+else 503 (504 when only timeouts happened). A stream that breaks after content reached the
+client is continued elsewhere by `resume` (services/routing/continuation.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from loguru import logger
+
+from services.config import Deployment, HedgeSettings, RetrySettings, Settings
+from services.errors import (
+    ContentFiltered,
+    ContextLengthExceeded,
+    UpstreamContentPolicy,
+    UpstreamContextLength,
+    UpstreamError,
+    UpstreamExhausted,
+    UpstreamHTTPError,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
+from services.providers.base import ChunkStream, Json
+from services.providers.shapes import Assembler
+from services.resilience.backoff import backoff_delay
+from services.resilience.breaker import Admission, Outcome
+from services.resilience.breaker_store import BreakerStore
+from services.resilience.fallback_stats import FallbackStatistics
+from services.resilience.health_monitor import HealthMonitor
+from services.resilience.retry_budget import RetryBudget
+from services.resilience.watchdog import Watchdog
+from services.routing.continuation import continuation_request
+from services.routing.response_cache import ResponseCache
+from services.routing.router import Candidate, Router
+from services.routing.tiers import ReplayedStream, completion_chunks, degraded_completion
+
+T = TypeVar("T")
+
+# Upstream statuses that say the request itself is wrong: another deployment would say the same.
+CLIENT_FAULT_STATUSES = frozenset({400, 413, 422})
+# 4xx answers that still say something about the upstream's health.
+BREAKER_COUNTED_4XX = frozenset({408, 429})
+FALLBACK_HEADER = {"primary": "false", "fallback": "true", "cache": "cache", "degraded": "degraded"}
+
+__all__ = ["Attempt", "ChainExecutor", "Opened", "Routed", "RoutedStream", "UpstreamRejected"]
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One upstream call, for the ledger and the metrics."""
+
+    deployment: str
+    model: str
+    ok: bool
+    seconds: float
+    status: int = 0  # the upstream's HTTP status when it answered one
+    error: str | None = None  # the UpstreamError class, when it failed
+    counted: bool = False  # whether the breaker counted it as a failure
+    cancelled: bool = False  # a hedge that lost the race (or the attempt it overtook)
+
+
+@dataclass(slots=True, kw_only=True)
+class Route:
+    """How an answer was obtained: the model, the deployment (none for a tier), the upstream
+    attempts made, and the route: primary, fallback, cache or degraded."""
+
+    model: str
+    deployment: str | None
+    attempts: int
+    route: str
+    log: list[Attempt] = field(default_factory=list)
+    ttft_seconds: float | None = None
+    # Chunks skipped as unusable; a usage block dropped as untrustworthy (tokens estimated).
+    malformed: int = 0
+    usage_rejected: bool = False
+
+    @property
+    def fallback(self) -> str:
+        """The `X-Router-Fallback` value: false, true, cache or degraded."""
+        return FALLBACK_HEADER[self.route]
+
+
+@dataclass(slots=True, kw_only=True)
+class Routed(Route):
+    """A non-streamed answer."""
+
+    body: Json
+
+
+@dataclass(slots=True)
+class Opened:
+    """A deployment's stream once it produced its first content: the chunks so far (held back
+    until then) and the rest, each guarded by the stall deadline."""
+
+    candidate: Candidate
+    head: list[Json]
+    stream: ChunkStream
+    rest: AsyncIterator[Json]
+    ttft: float
+    prefill: bool = False  # opened as a continuation by assistant prefill
+
+
+@dataclass(slots=True, kw_only=True)
+class RoutedStream(Route):
+    """An accepted stream: chunks already received (held back until content) and the rest."""
+
+    head: list[Json]
+    stream: ChunkStream
+    rest: AsyncIterator[Json]
+    selector: str = ""
+    request: Json = field(default_factory=dict)
+    # Deployments that broke this stream: a continuation goes elsewhere.
+    broken: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class Walk:
+    """One request's progress through its plan."""
+
+    deadline: float
+    attempts: int = 0
+    retries: int = 0
+    failures: list[UpstreamError] = field(default_factory=list)
+    log: list[Attempt] = field(default_factory=list)
+    deadline_hit: bool = False
+    budget_exhausted: bool = False
+
+
+def counts_against_breaker(failure: UpstreamError) -> bool:
+    """Whether a failure says the upstream is unwell (4xx other than 408/429 say otherwise)."""
+    if isinstance(failure, UpstreamHTTPError) and 400 <= failure.status < 500:
+        return failure.status in BREAKER_COUNTED_4XX
+    return True
+
+
+def has_content(chunk: Json) -> bool:
+    """Whether a chunk carries something the client sees (text, a tool call, an end)."""
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if (
+            delta.get("content")
+            or delta.get("tool_calls")
+            or delta.get("reasoning_content")
+            or delta.get("refusal")
+            or choice.get("finish_reason")
+        ):
+            return True
+    return False
+
+
+async def read_until_content(chunks: AsyncIterator[Json], deployment: str) -> list[Json]:
+    """Hold back chunks until one carries content: failing over is still invisible until then."""
+    head: list[Json] = []
+    async for chunk in chunks:
+        head.append(chunk)
+        if has_content(chunk):
+            return head
+    if not head:
+        raise UpstreamError(deployment, "stream ended before any chunk")
+    return head
+
+
+async def watched(
+    chunks: AsyncIterator[Json], deployment: str, stall: float, watch: Watchdog
+) -> AsyncIterator[Json]:
+    """The chunks, failing with UpstreamTimeout when one takes longer than `stall` to come (or
+    the watchdog's hard deadline passes)."""
+    watch.bind()  # the consumer of the rest: the executor's task, or the response's
+    try:
+        while True:
+            watch.begin(stall)
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            except asyncio.CancelledError:
+                if watch.expired():
+                    raise UpstreamTimeout(deployment, watch.reason(stall)) from None
+                raise
+            finally:
+                watch.end()
+            yield chunk
+    finally:
+        watch.close()
+
+
+def _reason(failure: UpstreamError) -> str:
+    if isinstance(failure, UpstreamHTTPError):
+        return f"HTTP {failure.status}"
+    return type(failure).__name__.removeprefix("Upstream")
+
+
+class ChainExecutor:
+    """Walks plans with breakers, health, the retry budget, backoff, deadlines and tiers."""
+
+    def __init__(
+        self,
+        router: Router,
+        settings: Settings,
+        *,
+        breakers: BreakerStore,
+        health: HealthMonitor,
+        budget: RetryBudget,
+        cache: ResponseCache,
+        stats: FallbackStatistics,
+        disabled: set[str] | None = None,
+        deployments: Mapping[str, tuple[str, Deployment]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._router = router
+        self._all = settings
+        self._settings = settings.resilience
+        self._breakers = breakers
+        self._health = health
+        self._budget = budget
+        self._cache = cache
+        self._stats = stats
+        self._disabled = set() if disabled is None else disabled
+        # By name, including replicas the capacity planner adds later (the gateway's live table).
+        self._deployments = (
+            deployments
+            if deployments is not None
+            else {name: (model, d) for model, name, d in settings.deployments()}
+        )
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+
+    # -- deadlines -----------------------------------------------------------------------------
+
+    def ttft_seconds(self, name: str) -> float:
+        """How long `name` may take to its first content token (its own, else the default)."""
+        found = self._deployments.get(name)
+        own = found[1].ttft_seconds if found is not None else None
+        return own or self._settings.ttft_seconds
+
+    def stall_seconds(self, name: str) -> float:
+        """How long `name` may go silent between two chunks."""
+        found = self._deployments.get(name)
+        own = found[1].stall_seconds if found is not None else None
+        return own or self._settings.stall_seconds
+
+    def _attempt_seconds(self, name: str) -> float:
+        found = self._deployments.get(name)
+        own = found[1].timeout_seconds if found is not None else None
+        return own or self._all.upstream.request_timeout_seconds
+
+    # -- entry points --------------------------------------------------------------------------
+
+    async def complete(self, selector: str, request: Json) -> Routed:
+        """Answer a non-streamed request (read from the upstream as a stream, assembled)."""
+        tiers = self._router.tiers(selector)
+        walk = Walk(deadline=self._clock() + self._settings.deadline_seconds)
+        found = await self._walk(selector, request, walk, self._assemble, bounded=True)
+        if found is not None:
+            (body, stream), candidate, route = found
+            if "cache" in tiers:
+                self._cache.remember(self._cache.key(selector, request), body)
+            return Routed(
+                body=body,
+                model=candidate.model,
+                deployment=candidate.provider.name,
+                attempts=walk.attempts,
+                route=route,
+                log=walk.log,
+                malformed=stream.malformed,
+                usage_rejected=stream.usage_rejected,
+            )
+        body, route = await self._from_tiers(selector, tiers, request, walk)
+        model = str(body.get("model") or route)
+        return Routed(
+            body=body,
+            model=model,
+            deployment=None,
+            attempts=walk.attempts,
+            route=route,
+            log=walk.log,
+        )
+
+    async def open_stream(self, selector: str, request: Json) -> RoutedStream:
+        """Answer a streamed request: return once a deployment has produced its first content."""
+        tiers = self._router.tiers(selector)
+        walk = Walk(deadline=self._clock() + self._settings.deadline_seconds)
+
+        async def opened(result: Opened) -> Opened:
+            return result
+
+        found = await self._walk(selector, request, walk, opened, bounded=False)
+        if found is not None:
+            result, candidate, route = found
+            return RoutedStream(
+                head=result.head,
+                stream=result.stream,
+                rest=result.rest,
+                model=candidate.model,
+                deployment=candidate.provider.name,
+                attempts=walk.attempts,
+                route=route,
+                log=walk.log,
+                ttft_seconds=result.ttft,
+                selector=selector,
+                request=request,
+            )
+        body, route = await self._from_tiers(selector, tiers, request, walk)
+        replay = ReplayedStream()
+        return RoutedStream(
+            head=completion_chunks(body),
+            stream=replay,
+            rest=aiter(replay),
+            model=str(body.get("model") or route),
+            deployment=None,
+            attempts=walk.attempts,
+            route=route,
+            log=walk.log,
+            selector=selector,
+            request=request,
+        )
+
+    async def stream_broke(self, routed: RoutedStream, failure: UpstreamError) -> None:
+        """A stream failed after its first token: the breaker and health monitor hear of it,
+        and the ledger's attempt log."""
+        name = routed.deployment
+        self._stats.count("streams_interrupted")
+        if name is None:
+            return
+        routed.broken.add(name)
+        model = self._deployments[name][0] if name in self._deployments else routed.model
+        routed.log.append(Attempt(name, model, False, 0.0, 0, type(failure).__name__, True))
+        self._health.observe(name, False, 0.0)
+        await self._breakers.record(name, Outcome.FAILURE)
+
+    async def resume(self, routed: RoutedStream, sent_text: str) -> Opened | None:
+        """Continue a broken stream on the next usable deployment of its plan; None if none
+        could (no deployment left, the budget spent, or each one failed or refused)."""
+        for candidate in self._router.candidates(routed.selector):
+            name = candidate.provider.name
+            if name in routed.broken or not self._usable(name):
+                continue
+            found = self._deployments.get(name)
+            prefill = found[1].prefill if found is not None else False
+            request = continuation_request(routed.request, sent_text, prefill=prefill)
+            if not self._budget.try_withdraw():
+                self._stats.count("budget_exhausted")
+                return None
+            admission = await self._breakers.admit(name)
+            if admission is Admission.REJECT:
+                continue
+            probe = admission is Admission.PROBE
+            started = self._clock()
+            try:
+                opened = await self._open(candidate, request, self.ttft_seconds(name))
+            except UpstreamError as exc:
+                elapsed = self._clock() - started
+                counted = counts_against_breaker(exc)
+                status = exc.status if isinstance(exc, UpstreamHTTPError) else 0
+                routed.log.append(Attempt(name, candidate.model, False, elapsed, status,
+                                          type(exc).__name__, counted))  # fmt: skip
+                outcome = Outcome.FAILURE if counted else Outcome.IGNORED
+                await self._breakers.record(name, outcome, probe=probe)
+                logger.warning("continuing the stream on {} failed: {}", name, exc)
+                routed.broken.add(name)
+                continue
+            except BaseException:
+                await self._release(name, probe)
+                raise
+            elapsed = self._clock() - started
+            await self._succeeded(name, probe, elapsed)
+            routed.log.append(Attempt(name, candidate.model, True, elapsed, 200))
+            self._stats.count("streams_resumed")
+            logger.info(
+                "stream continued on {} ({})", name, "prefill" if prefill else "instruction"
+            )
+            opened.prefill = prefill
+            return opened
+        return None
+
+    # -- one attempt -----------------------------------------------------------------------------
+
+    async def _open(
+        self, candidate: Candidate, request: Json, ttft: float, limit: float | None = None
+    ) -> Opened:
+        """Open `candidate` streamed and read until its first content, within `ttft`; the rest
+        is guarded by the stall deadline, and the whole attempt by `limit` seconds if given."""
+        provider = candidate.provider
+        name = provider.name
+        started = self._clock()
+        loop_deadline = None if limit is None else asyncio.get_running_loop().time() + limit
+        watch = Watchdog(loop_deadline)
+        stream: ChunkStream | None = None
+        watch.bind()
+        watch.begin(ttft)
+        try:
+            stream = await provider.open_stream(request)
+            chunks = aiter(stream)
+            head = await read_until_content(chunks, name)
+        except asyncio.CancelledError:
+            expired = watch.expired()
+            watch.close()
+            if stream is not None:
+                await stream.aclose()
+            if expired:
+                raise UpstreamTimeout(name, f"no first token within {ttft:g}s") from None
+            raise
+        except BaseException:
+            watch.close()
+            if stream is not None:
+                await stream.aclose()
+            raise
+        watch.end()
+        rest = watched(chunks, name, self.stall_seconds(name), watch)
+        return Opened(candidate, head, stream, rest, self._clock() - started)
+
+    async def _assemble(self, opened: Opened) -> tuple[Json, ChunkStream]:
+        """Read the rest of an opened stream into one chat.completion."""
+        assembler = Assembler()
+        try:
+            for chunk in opened.head:
+                assembler.add(chunk)
+            async for chunk in opened.rest:
+                assembler.add(chunk)
+        finally:
+            await opened.stream.aclose()
+        return assembler.completion(), opened.stream
+
+    # -- the walk ------------------------------------------------------------------------------
+
+    def _usable(self, name: str) -> bool:
+        return (
+            name not in self._disabled
+            and self._health.healthy(name)
+            and self._breakers.usable(name)
+        )
+
+    async def _walk(
+        self,
+        selector: str,
+        request: Json,
+        walk: Walk,
+        finish: Callable[[Opened], Awaitable[T]],
+        *,
+        bounded: bool,
+    ) -> tuple[T, Candidate, str] | None:
+        plan = deque(self._router.candidates(selector))
+        first_model = self._router.first_model(selector)
+        policy = self._all.retry_policy(selector)
+        hedge = self._all.hedge_policy(selector)
+        self._budget.deposit()
+        while plan:
+            candidate = plan.popleft()
+            name = candidate.provider.name
+            if name in self._disabled or not self._health.healthy(name):
+                continue
+            retries = 0
+            while True:
+                admission = await self._breakers.admit(name)
+                if admission is Admission.REJECT:
+                    break
+                probe = admission is Admission.PROBE
+                if walk.attempts and not self._budget.try_withdraw():
+                    walk.budget_exhausted = True
+                    await self._release(name, probe)
+                    return None
+                if walk.attempts and not retries:
+                    await self._fallback_jitter(walk)
+                remaining = walk.deadline - self._clock()
+                if remaining <= 0:
+                    walk.deadline_hit = True
+                    await self._release(name, probe)
+                    return None
+                walk.attempts += 1
+                walk.retries += 1 if retries else 0
+                started = self._clock()
+                # A whole answer must also arrive in time; a stream, once it flows, only must
+                # not stall.
+                limit = min(remaining, self._attempt_seconds(name)) if bounded else None
+                ttft = min(self.ttft_seconds(name), remaining)
+                winner, winner_probe = candidate, probe
+                try:
+                    if hedge.enabled and not retries:
+                        opened, winner, winner_probe = await self._hedged(
+                            candidate, probe, request, hedge, plan, walk, limit
+                        )
+                    else:
+                        opened = await self._open(candidate, request, ttft, limit)
+                    result = await finish(opened)
+                except UpstreamError as exc:
+                    failure: UpstreamError = exc
+                    walk.deadline_hit = isinstance(exc, UpstreamTimeout) and (
+                        self._clock() >= walk.deadline - 0.01
+                    )
+                except BaseException:
+                    await self._release(name, probe)  # cancelled: the client went away
+                    raise
+                else:
+                    elapsed = self._clock() - started
+                    won = winner.provider.name
+                    slow = await self._succeeded(won, winner_probe, opened.ttft)
+                    walk.log.append(Attempt(won, winner.model, True, elapsed, 200, None, slow))
+                    route = "primary" if winner.model == first_model else "fallback"
+                    self._stats.served(route, winner.model, walk.attempts, walk.retries)
+                    return result, winner, route
+                elapsed = self._clock() - started
+                await self._failed(candidate, failure, probe, elapsed, walk)
+                if walk.deadline_hit:
+                    return None
+                if self._replan(failure, candidate, plan, walk):
+                    break
+                delay = self._retry_delay(failure, retries, policy, plan, walk)
+                if delay is None:
+                    break
+                await self._sleep(delay)
+                retries += 1
+        return None
+
+    def hedge_delay(self, name: str, hedge: HedgeSettings) -> float:
+        """How long `name` may go without a first token before a hedge starts."""
+        if not hedge.adaptive:
+            return hedge.after_seconds
+        latency = self._health.summary(name)["latency_ms"]
+        p95 = latency["p95"] / 1000 if latency else hedge.after_seconds
+        return min(max(p95, hedge.after_seconds), hedge.max_after_seconds)
+
+    async def _hedged(
+        self,
+        candidate: Candidate,
+        probe: bool,
+        request: Json,
+        hedge: HedgeSettings,
+        plan: deque[Candidate],
+        walk: Walk,
+        limit: float | None,
+    ) -> tuple[Opened, Candidate, bool]:
+        """Open `candidate`; if it has no first token after the hedge delay, race it against
+        the next usable deployment. Answers the winner (and its probe flag); the loser is
+        cancelled and logged as such, a failed racer is recorded as a failure. When both fail,
+        the first one's failure is raised."""
+        name = candidate.provider.name
+        remaining = walk.deadline - self._clock()
+        first = asyncio.create_task(
+            self._open(candidate, request, min(self.ttft_seconds(name), remaining), limit)
+        )
+        done, _ = await asyncio.wait({first}, timeout=self.hedge_delay(name, hedge))
+        backup = next((c for c in plan if self._usable(c.provider.name)), None)
+        if done or backup is None or not self._budget.try_withdraw():
+            return await first, candidate, probe
+        backup_name = backup.provider.name
+        admission = await self._breakers.admit(backup_name)
+        if admission is Admission.REJECT:
+            return await first, candidate, probe
+        backup_probe = admission is Admission.PROBE
+        walk.attempts += 1
+        self._stats.count("hedges")
+        started = self._clock()
+        remaining = walk.deadline - self._clock()
+        second = asyncio.create_task(
+            self._open(backup, request, min(self.ttft_seconds(backup_name), remaining), limit)
+        )
+        racers = {first: (candidate, probe), second: (backup, backup_probe)}
+        pending = set(racers)
+        errors: dict[asyncio.Task[Opened], UpstreamError] = {}
+        try:
+            while pending:
+                finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    exc = task.exception()
+                    if exc is None:
+                        winner, winner_probe = racers[task]
+                        for loser in pending:
+                            await self._cancel_racer(loser, *racers[loser], started, walk)
+                        pending = set()
+                        if winner is backup:
+                            plan.remove(backup)  # tried: not again later in this walk
+                            if first in errors:  # the walk sees a success: record it here
+                                elapsed = self._clock() - started
+                                await self._failed(candidate, errors[first], probe, elapsed, walk)
+                        return task.result(), winner, winner_probe
+                    if not isinstance(exc, UpstreamError):
+                        raise exc
+                    errors[task] = exc
+                    if task is second:  # the first racer's failure is the walk's to record
+                        await self._failed(backup, exc, backup_probe, self._clock() - started, walk)
+                        plan.remove(backup)
+        finally:
+            for task in pending:
+                task.cancel()
+        raise errors[first]
+
+    async def _cancel_racer(
+        self,
+        task: asyncio.Task[Opened],
+        candidate: Candidate,
+        probe: bool,
+        started: float,
+        walk: Walk,
+    ) -> None:
+        """Stop the racer that lost: its stream closed, its breaker permit returned, its attempt
+        logged as cancelled."""
+        task.cancel()
+        try:
+            opened = await task
+        except (asyncio.CancelledError, UpstreamError):
+            pass
+        else:  # it finished in the same instant: give its connection back
+            await opened.stream.aclose()
+        name = candidate.provider.name
+        await self._release(name, probe)
+        walk.log.append(Attempt(name, candidate.model, False, self._clock() - started, 0,
+                                "HedgeCancelled", False, cancelled=True))  # fmt: skip
+
+    def _replan(
+        self, failure: UpstreamError, candidate: Candidate, plan: deque[Candidate], walk: Walk
+    ) -> bool:
+        """Re-plan after a 400 that another model could take; raise when none can."""
+        if not isinstance(failure, UpstreamContextLength | UpstreamContentPolicy):
+            return False
+        model = candidate.model
+        settings = self._all.models.get(model)
+        if isinstance(failure, UpstreamContextLength):
+            targets = settings.context_window_fallback if settings is not None else []
+            if not targets:
+                own = (settings.context_window if settings is not None else None) or 0
+                targets = [
+                    step.model
+                    for step in plan
+                    if (self._all.models[step.model].context_window or 0) > own
+                    if step.model in self._all.models
+                ]
+            error: UpstreamRejected = ContextLengthExceeded(
+                f"the request is longer than the context of {model}"
+                + (" and of every model it could go to" if targets else "")
+                + f": {failure.reason}"
+            )
+        else:
+            targets = settings.content_policy_fallback if settings is not None else []
+            error = ContentFiltered(f"{model} refused the content: {failure.reason}")
+        tried = {a.deployment for a in walk.log}
+        fresh = [
+            c
+            for target in dict.fromkeys(targets)
+            for c in self._router.candidates(target)
+            if c.provider.name not in tried
+        ]
+        if not fresh:
+            error.attempt_log = walk.log
+            raise error from failure
+        logger.info("{} from {}: trying {}", type(failure).__name__.removeprefix("Upstream"),
+                    model, ", ".join(dict.fromkeys(c.model for c in fresh)))  # fmt: skip
+        plan.clear()
+        plan.extend(fresh)
+        return True
+
+    def _retry_delay(
+        self,
+        failure: UpstreamError,
+        retries: int,
+        policy: RetrySettings,
+        rest: deque[Candidate],
+        walk: Walk,
+    ) -> float | None:
+        """The wait before retrying the same deployment, or None to move on."""
+        if not failure.retryable or retries >= policy.max_retries:
+            return None
+        if isinstance(failure, UpstreamTimeout) and any(
+            self._usable(c.provider.name) for c in rest
+        ):
+            return None  # the timeout spent its share of the walk: let the next one have it
+        delay = backoff_delay(
+            retries + 1,
+            base=policy.base_delay_seconds,
+            cap=policy.max_delay_seconds,
+            draw=self._rng.random(),
+            retry_after=failure.retry_after if isinstance(failure, UpstreamHTTPError) else None,
+            max_retry_after=policy.max_retry_after_seconds,
+        )
+        if delay is None or self._clock() + delay >= walk.deadline:
+            return None
+        return delay
+
+    async def _fallback_jitter(self, walk: Walk) -> None:
+        jitter = self._settings.fallback_jitter
+        if jitter.enabled:
+            pause = self._rng.uniform(jitter.min_seconds, jitter.max_seconds)
+            await self._sleep(max(0.0, min(pause, walk.deadline - self._clock())))
+
+    async def _succeeded(self, name: str, probe: bool, seconds: float) -> bool:
+        slow_after = self._breakers.policy(name).slow_call_seconds
+        slow = slow_after is not None and seconds > slow_after
+        if slow:
+            logger.warning("{} answered in {:.2f}s: counted as a slow call", name, seconds)
+        await self._breakers.record(name, Outcome.FAILURE if slow else Outcome.SUCCESS, probe=probe)
+        self._health.observe(name, True, seconds)
+        return slow
+
+    async def _failed(
+        self, candidate: Candidate, failure: UpstreamError, probe: bool, seconds: float, walk: Walk
+    ) -> None:
+        name = candidate.provider.name
+        counted = counts_against_breaker(failure)
+        status = failure.status if isinstance(failure, UpstreamHTTPError) else 0
+        walk.log.append(Attempt(name, candidate.model, False, seconds, status,
+                                type(failure).__name__, counted))  # fmt: skip
+        walk.failures.append(failure)
+        await self._breakers.record(
+            name, Outcome.FAILURE if counted else Outcome.IGNORED, probe=probe
+        )
+        if counted:
+            self._health.observe(name, False, seconds)
+        logger.warning("attempt on {} ({}) failed: {}", name, candidate.model, failure)
+        if (
+            isinstance(failure, UpstreamHTTPError)
+            and failure.status in CLIENT_FAULT_STATUSES
+            and not isinstance(failure, UpstreamContextLength | UpstreamContentPolicy)
+        ):
+            rejected = UpstreamRejected(f"{candidate.model} rejected the request: {failure.reason}")
+            rejected.attempt_log = walk.log
+            raise rejected from failure
+
+    async def _release(self, name: str, probe: bool) -> None:
+        if probe:
+            await self._breakers.record(name, Outcome.IGNORED, probe=True)
+
+    # -- tiers ---------------------------------------------------------------------------------
+
+    async def _from_tiers(
+        self, selector: str, tiers: frozenset[str], request: Json, walk: Walk
+    ) -> tuple[Json, str]:
+        if walk.budget_exhausted:
+            self._stats.count("budget_exhausted")
+        if walk.deadline_hit:
+            self._stats.count("deadline_exceeded")
+        if "cache" in tiers:
+            cached = await self._cache.lookup(self._cache.key(selector, request))
+            if cached is not None:
+                self._stats.served("cache", None, walk.attempts, walk.retries)
+                return cached, "cache"
+        if "degraded" in tiers:
+            self._stats.served("degraded", None, walk.attempts, walk.retries)
+            return degraded_completion(self._settings.degraded_message), "degraded"
+        self._stats.served("failed", None, walk.attempts, walk.retries)
+        raise self._exhausted(selector, walk)
+
+    @staticmethod
+    def _exhausted(selector: str, walk: Walk) -> UpstreamExhausted:
+        summary = "; ".join(f"{f.deployment}: {_reason(f)}" for f in walk.failures)
+        if walk.deadline_hit:
+            error = UpstreamExhausted(
+                f"'{selector}' did not answer within the request deadline ({summary})",
+                status=504,
+                code="deadline_exceeded",
+            )
+        elif walk.budget_exhausted:
+            error = UpstreamExhausted(
+                f"every usable upstream of '{selector}' failed and the retry budget is spent "
+                f"({summary})",
+                status=503,
+                code="retry_budget_exhausted",
+            )
+        elif not walk.failures:
+            error = UpstreamExhausted(
+                f"no deployment of '{selector}' is available (circuit breakers open or "
+                "deployments unhealthy)",
+                status=503,
+                code="no_deployment_available",
+            )
+        else:
+            timeouts = all(isinstance(f, UpstreamTimeout) for f in walk.failures)
+            error = UpstreamExhausted(
+                f"every upstream of '{selector}' failed ({summary})",
+                status=504 if timeouts else 503,
+            )
+        error.headers["Retry-After"] = "1"
+        error.headers["X-Router-Attempts"] = str(walk.attempts)
+        error.attempt_log = walk.log
+        return error

@@ -1,0 +1,243 @@
+"""API keys, rate limits, hostile input and secrets (SPEC §10), against a real server and Redis."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from services.api.auth import KeyRing, bind_refusal, required_role
+from services.api.rate_limit import RateLimiter
+from services.app import create_app
+from services.config import RateLimitSettings
+from services.platform.logs import AccessLog, configure_logging
+from services.platform.redis_gate import RedisGate
+from tests.helpers import GatewayServer, SimProcess, http, openai_model, settings_for
+
+CLIENT_KEY = "fr-client-4f9a1c0e7d2b"
+OTHER_CLIENT_KEY = "fr-client-77aa01bb92cc"
+ADMIN_KEY = "fr-admin-c3d2e1f0a9b8"
+UPSTREAM_KEY = "sk-upstream-never-shown-5e6f"
+ENVIRON = {"FR_API_KEYS": f"{CLIENT_KEY}, {OTHER_CLIENT_KEY}", "FR_ADMIN_KEY": ADMIN_KEY,
+           "SIM_UPSTREAM_KEY": UPSTREAM_KEY}  # fmt: skip
+
+
+@pytest.fixture
+def secured(redis_url: str, primary: SimProcess, tmp_path: Path) -> Iterator[GatewayServer]:
+    """A gateway with client and admin keys, an upstream key, a 3-requests-per-minute limit, and
+    its log file where the test can read it."""
+    models = {"primary": openai_model(primary.openai_url, "p", api_key_env="SIM_UPSTREAM_KEY")}
+    settings = settings_for(redis_url, tmp_path / "logs", models,
+                            resilience={"health": {"enabled": False}},
+                            api={"rate_limit": {"requests_per_minute": 3}})  # fmt: skip
+    sink = configure_logging("api_server", settings.log,
+                             secrets=[UPSTREAM_KEY, *KeyRing.from_env(ENVIRON).secrets])  # fmt: skip
+    app = create_app(settings, environ=ENVIRON, access_log=AccessLog(sink, json_lines=False))
+    with GatewayServer(app) as server:
+        yield server
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+TURN = {"model": "primary", "messages": [{"role": "user", "content": "hi"}]}
+# (method, path, body, role): every route of the app; a test checks the list is complete.
+ENDPOINTS: list[tuple[str, str, Any, str]] = [
+    ("POST", "/initiate_call", {}, "client"),
+    ("POST", "/chat_completions", {"session_id": "s", "message": "hi"}, "client"),
+    ("POST", "/v1/chat/completions", TURN, "client"),
+    ("GET", "/v1/models", None, "client"),
+    ("GET", "/circuit-breakers", None, "client"),
+    ("POST", "/circuit-breakers/primary:0/reset", {}, "admin"),
+    ("GET", "/api/admin/fallback/queue", None, "admin"),
+    ("GET", "/api/admin/fallback/statistics", None, "admin"),
+    ("POST", "/api/admin/fallback/reset-statistics", {}, "admin"),
+    ("GET", "/api/llm/providers", None, "client"),
+    ("GET", "/api/llm/metrics?days=1", None, "client"),
+    ("GET", "/api/llm/costs?days=1", None, "client"),
+    ("GET", "/api/llm/trends?days=1", None, "client"),
+    ("GET", "/api/llm/health", None, "client"),
+    ("POST", "/api/llm/record", {"model": "primary", "tokens_in": 1, "tokens_out": 1}, "admin"),
+    ("POST", "/api/llm/providers/primary:0/enable", {"enabled": True}, "admin"),
+    ("GET", "/livez", None, "public"),
+    ("GET", "/readyz", None, "public"),
+    ("GET", "/health", None, "public"),
+    ("GET", "/metrics", None, "public"),
+    ("GET", "/openapi.json", None, "public"),
+]
+
+
+def test_every_route_is_classified(secured: GatewayServer) -> None:
+    """A new route cannot slip in unlisted: the app's routes are exactly the table's paths."""
+    paths = json.loads(http("GET", secured.base + "/openapi.json")[2])["paths"]
+    listed = {path.split("?")[0] for _, path, _, _ in ENDPOINTS}
+    for path, methods in paths.items():
+        concrete = path.replace("{name}", "primary:0")
+        assert concrete in listed, f"{path} is not in the auth table of this test"
+        for method in methods:
+            roles = {
+                r for m, p, _, r in ENDPOINTS if p.split("?")[0] == concrete and m == method.upper()
+            }
+            assert roles == {required_role(method.upper(), concrete)}, (method, path)
+
+
+@pytest.mark.parametrize(("method", "path", "body", "role"), ENDPOINTS)
+def test_keys_are_required_where_they_should_be(
+    secured: GatewayServer, method: str, path: str, body: Any, role: str
+) -> None:
+    url = secured.base + path
+    status, headers, raw = http(method, url, body)
+    if role == "public":
+        assert status not in (401, 403)
+        return
+    assert status == 401 and headers["www-authenticate"] == "Bearer"
+    assert json.loads(raw)["error"]["code"] == "missing_api_key"
+    for wrong in ("Bearer not-a-key", f"Basic {CLIENT_KEY}", "Bearer ", CLIENT_KEY):
+        status, _, raw = http(method, url, body, {"Authorization": wrong})
+        assert status == 401, (wrong, raw)
+    status, _, raw = http(method, url, body, bearer(CLIENT_KEY))
+    if role == "admin":
+        assert status == 403 and json.loads(raw)["error"]["code"] == "insufficient_permissions"
+    else:
+        assert status not in (401, 403), raw
+    status, _, raw = http(method, url, body, bearer(ADMIN_KEY))
+    assert status not in (401, 403), "the admin key is accepted wherever a client key is"
+
+
+def test_rate_limit_answers_429_with_retry_after_per_key(secured: GatewayServer) -> None:
+    """3 requests per minute per key: the next gets 429 and Retry-After; another key is not
+    affected. (If the minute turns mid-test the count restarts, hence 'within 7'.)"""
+    url = secured.base + "/v1/chat/completions"
+    statuses = []
+    for _ in range(7):
+        status, headers, raw = http("POST", url, TURN, bearer(CLIENT_KEY))
+        statuses.append(status)
+        if status == 429:
+            error = json.loads(raw)["error"]
+            assert error["type"] == "rate_limit_error" and error["code"] == "rate_limit_exceeded"
+            assert 1 <= int(headers["retry-after"]) <= 60
+            break
+    assert statuses[-1] == 429 and set(statuses[:-1]) == {200}
+    assert http("POST", url, TURN, bearer(OTHER_CLIENT_KEY))[0] == 200
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_limits_recover_in_the_next_window_count_tokens_and_fail_open(
+    redis_url: str,
+) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    gate = RedisGate(client)
+    clock = Clock(1_800_000_000.0)  # the start of a minute
+    limiter = RateLimiter(client, gate, RateLimitSettings(requests_per_minute=2,
+                          tokens_per_minute=100), prefix="t:", clock=clock)  # fmt: skip
+    assert await limiter.admit("k") is None and await limiter.admit("k") is None
+    clock.now += 15
+    assert await limiter.admit("k") == 45, "Retry-After: the seconds left in the minute"
+    clock.now += 45  # the next minute
+    assert await limiter.admit("k") is None, "recovered"
+    limiter.spend("k", 150)
+    await limiter.flush()
+    assert await limiter.admit("k") == 60, "tokens used up for this minute"
+    gate.mark_down(ConnectionError("redis went away"))
+    assert await limiter.admit("k") is None, "fail open while Redis is down"
+    await client.aclose()
+
+
+def raw_request(base: str, data: bytes) -> bytes:
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def test_hostile_inputs_get_4xx(secured: GatewayServer) -> None:
+    url = secured.base + "/v1/chat/completions"
+    auth = bearer(CLIENT_KEY)
+    cases: dict[str, tuple[Any, bytes | None]] = {
+        "10,000 messages": ({"model": "primary",
+                             "messages": [{"role": "user", "content": "x"}] * 10_000}, None),
+        "NUL in content": ({"model": "primary",
+                            "messages": [{"role": "user", "content": "a\u0000b"}]}, None),
+        "content over the limit": ({"model": "primary",
+                                    "messages": [{"role": "user", "content": "y" * 200_001}]}, None),
+        "NUL bytes raw": (None, b'{"model": "primary",\x00\x00 "messages": []}'),
+        "invalid UTF-8": (None, b'{"model": "\xc3\x28", "messages": []}'),
+        "deep nesting": (None, b'{"model": "primary", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+    }  # fmt: skip
+    for name, (body, raw) in cases.items():
+        status, _, answer = http("POST", url, body, auth, raw=raw, timeout=30)
+        assert 400 <= status < 500, (name, status, answer[:200])
+        assert set(json.loads(answer)["error"]) == {"message", "type", "code"}, name
+    # A 10 MB body: refused from its Content-Length (413), and read and dropped first, so that
+    # a client that writes it all before reading gets the answer, not a reset connection.
+    big = {"model": "primary", "messages": [], "pad": "z" * 10_000_000}
+    status, _, answer = http("POST", url, big, auth, timeout=60)
+    assert status == 413 and json.loads(answer)["error"]["code"] == "payload_too_large"
+    # Raw requests, for what clients refuse to send.
+    key = f"Authorization: Bearer {CLIENT_KEY}\r\n".encode()
+    # Headers: injection attempts and an oversized block.
+    injected = raw_request(secured.base, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + key +
+                           b"X-Request-ID: a\rSet-Cookie: evil=1\r\n\r\n")  # fmt: skip
+    assert injected.startswith(b"HTTP/1.1 4") and b"evil" not in injected
+    huge = raw_request(secured.base, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + key +
+                       b"X-Pad: " + b"p" * 20_000 + b"\r\n\r\n")  # fmt: skip
+    assert huge.split(b" ")[1] in (b"400", b"431"), huge[:100]
+    status, headers, _ = http("GET", secured.base + "/v1/models",
+                              headers={**auth, "X-Request-ID": "ok<script>evil"})  # fmt: skip
+    assert status == 200 and "evil" not in headers["x-request-id"]
+
+
+def test_no_secret_in_any_response_or_log_line(secured: GatewayServer, tmp_path: Path) -> None:
+    """Client keys, the admin key and the upstream key appear in no answer and no log line,
+    after traffic that logs (a failed key, a 429, an upstream answer, admin views)."""
+    answers = [
+        http("GET", secured.base + "/health")[2],
+        http("GET", secured.base + "/metrics")[2],
+        http("GET", secured.base + "/circuit-breakers", headers=bearer(ADMIN_KEY))[2],
+        http("GET", secured.base + "/api/llm/providers", headers=bearer(ADMIN_KEY))[2],
+        http("GET", secured.base + "/api/admin/fallback/queue", headers=bearer(ADMIN_KEY))[2],
+        http("GET", secured.base + "/v1/models", headers=bearer("wrong-" + CLIENT_KEY))[2],
+    ]
+    for _ in range(5):  # through the rate limit
+        answers.append(http("POST", secured.base + "/v1/chat/completions", TURN,
+                            bearer(CLIENT_KEY))[2])  # fmt: skip
+    logs = b"".join(p.read_bytes() for p in (tmp_path / "logs").glob("*.log"))
+    assert b"/v1/chat/completions" in logs, "the log was written"
+    for secret in (CLIENT_KEY, OTHER_CLIENT_KEY, ADMIN_KEY, UPSTREAM_KEY):
+        for answer in answers:
+            assert secret.encode() not in answer
+        assert secret.encode() not in logs, secret
+
+
+def test_no_keys_means_loopback_only() -> None:
+    none = KeyRing([], None)
+    assert bind_refusal("127.0.0.1", none) is None and bind_refusal("::1", none) is None
+    assert bind_refusal("localhost", none) is None
+    assert "refusing" in (bind_refusal("0.0.0.0", none) or "")
+    assert bind_refusal("gateway.example", none) is not None, "a hostname may be public"
+    assert bind_refusal("0.0.0.0", KeyRing(["k"], None)) is None
+
+
+def test_keys_compare_by_digest_and_name_callers_by_id() -> None:
+    ring = KeyRing.from_env({"FR_API_KEYS": " a-key ,, b-key", "FR_ADMIN_KEY": "boss"})
+    a = ring.identify("a-key")
+    assert a is not None and not a.admin and a.key_id != "a-key" and len(a.key_id) == 12
+    assert ring.identify("a-ke") is None and ring.identify("") is None
+    boss = ring.identify("boss")
+    assert boss is not None and boss.admin

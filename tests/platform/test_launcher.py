@@ -1,0 +1,166 @@
+"""`main.py all` on embedded defaults: starts everything, serves completions, leaves no process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.config import DEFAULT_CONFIG_PATH
+from services.platform.redis_connection import free_port
+from tests.helpers import MAIN, http, isolated_ledger_env, wait_until
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _default_config_on_free_ports(tmp_path: Path) -> tuple[Path, int]:
+    """The shipped default config, unchanged but for ports (CI may have 8000/9101 taken)."""
+    config = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    api_port = free_port()
+    config["api"]["port"] = api_port
+    config["log"]["dir"] = str(tmp_path / "logs")
+    for model in config["models"].values():
+        for deployment in model["deployments"]:
+            deployment["base_url"] = f"http://127.0.0.1:{free_port()}/v1"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, api_port
+
+
+def _start_all(tmp_path: Path, path_env: str) -> tuple[subprocess.Popen[bytes], str]:
+    config, api_port = _default_config_on_free_ports(tmp_path)
+    env = {
+        **os.environ,
+        "PATH": path_env,
+        "FR_CONFIG": str(config),
+        "FR_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing answers: embedded Redis
+        **isolated_ledger_env(tmp_path),
+    }
+    proc = subprocess.Popen([sys.executable, MAIN, "all"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    base = f"http://127.0.0.1:{api_port}"
+    wait_until(
+        lambda: http("GET", base + "/readyz", timeout=1)[0] == 200, timeout=60, what="readyz"
+    )
+    return proc, base
+
+
+def _serves_a_completion(base: str) -> None:
+    session = json.loads(http("POST", base + "/initiate_call", {})[2])
+    wait_until(
+        lambda: http("POST", base + "/chat_completions", {"session_id": session["session_id"], "message": "hi"})[0] == 200,
+        what="a completion from the simulated models",
+    )  # fmt: skip
+    status, headers, raw = http(
+        "POST", base + "/chat_completions", {"session_id": session["session_id"], "message": "hi"}
+    )
+    assert status == 200 and headers["x-router-model"] == "large-model"
+    assert json.loads(raw)["choices"][0]["message"]["content"].startswith("[large-model]")
+
+
+REDIS_MODES = [
+    pytest.param(os.environ.get("PATH", ""), "redis-server", id="redis-server",
+                 marks=pytest.mark.skipif(not shutil.which("redis-server"), reason="no redis-server binary")),
+    pytest.param("/nonexistent", "fakeredis", id="fakeredis"),
+]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("path_env", "mode"), REDIS_MODES)
+def test_all_serves_and_ctrl_c_leaves_nothing(tmp_path: Path, path_env: str, mode: str) -> None:
+    """Ctrl-C (SIGINT) stops the API, simulators, health checker and embedded Redis; exit 0."""
+    proc, base = _start_all(tmp_path, path_env)
+    try:
+        _serves_a_completion(base)
+        family = _descendants(proc.pid)
+        assert len(family) >= 4  # two simulators, api, redis-health (+ redis-server)
+        launcher_log = (tmp_path / "logs" / "launcher.log").read_text()
+        assert ("redis-server" if mode == "redis-server" else "fakeredis") in launcher_log
+        assert "started capacity" in launcher_log, "the default config runs the planner"
+        wait_until(lambda: json.loads(http("GET", base + "/health")[2])["planner"]["up"],
+                   what="the planner's state to reach the API")  # fmt: skip
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        assert not [pid for pid in family if _alive(pid)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.slow
+def test_all_runs_the_external_ledger_writer_by_default(tmp_path: Path) -> None:
+    """`ledger.writer: auto`: `main.py all` starts `main.py ledger` and makes its API external;
+    /health sees the writer, the records reach the database through it, and after Ctrl-C no WAL
+    file is left behind."""
+    proc, base = _start_all(tmp_path, os.environ.get("PATH", ""))
+    try:
+        _serves_a_completion(base)
+        wait_until(lambda: json.loads(http("GET", base + "/health")[2])["ledger_writer"] == "running",
+                   what="the writer's heartbeat")  # fmt: skip
+        wait_until(lambda: json.loads(http("GET", base + "/api/llm/costs?days=1")[2])["total_requests"] >= 2,
+                   what="records written by the external writer")  # fmt: skip
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        assert "stopped ledger-writer" in (tmp_path / "logs" / "launcher.log").read_text()
+        # The writer was stopped after the API, so it ingested the file the API sealed last.
+        assert list((tmp_path / "wal").glob("wal-*")) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.slow
+def test_sigkilled_launcher_leaves_no_orphans(tmp_path: Path) -> None:
+    """Even a SIGKILLed launcher takes its children with it (they ask for PR_SET_PDEATHSIG)."""
+    proc, _base = _start_all(tmp_path, os.environ.get("PATH", ""))
+    family = _descendants(proc.pid)
+    proc.kill()
+    proc.wait()
+    wait_until(
+        lambda: not [pid for pid in family if _alive(pid)], timeout=30, what="children to exit"
+    )
+
+
+def test_check_config_prints_effective_config_without_secrets(tmp_path: Path) -> None:
+    """check-config validates, applies FR_ overrides and redacts URL passwords; bad config exits 2."""
+    env = {**os.environ, "FR_API_PORT": "8123", "FR_REDIS_URL": "redis://u:topsecret@h:1/0"}
+    out = subprocess.run(
+        [sys.executable, MAIN, "check-config"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0 and "valid" in out.stdout
+    shown = yaml.safe_load(out.stdout)
+    assert shown["api"]["port"] == 8123 and "topsecret" not in out.stdout
+    bad = subprocess.run([sys.executable, MAIN, "check-config"], env={**env, "FR_API_PORT": "x"},
+                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert bad.returncode == 2 and "api.port = 'x' (from FR_API_PORT)" in bad.stderr
