@@ -26,6 +26,10 @@ from pydantic import (
     model_validator,
 )
 
+from services.errors import ConfigError
+
+__all__ = ["ConfigError", "Settings", "load_settings"]
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = ROOT / "config" / "default.yaml"
 ENV_PREFIX = "FR_"
@@ -36,10 +40,6 @@ SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 TIERS = frozenset({"cache", "degraded"})
 
 ModelName = Annotated[str, Field(pattern=MODEL_NAME_RE.pattern)]
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names every bad key and value."""
 
 
 class _Section(BaseModel):

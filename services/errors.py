@@ -1,6 +1,10 @@
 """The gateway's one error hierarchy, and the only place errors become OpenAI envelopes.
 
-    GatewayError                      -> rendered as {"error": {"message", "type", "code"}}
+    FallbackRoutingError              every exception the project raises
+    ├── ConfigError                   the configuration is invalid (also a ValueError)
+    ├── KubernetesError               the Kubernetes API refused or could not be reached
+    ├── GatewayError                  -> rendered as {"error": {"message", "type", "code"}}
+    │   (every row below, to UpstreamExhausted, is a GatewayError)
     ├── InvalidRequest        400     malformed JSON, bad identifiers, unsupported fields
     ├── SchemaError           422     well-formed JSON of the wrong shape
     ├── NotFound              404     unknown session, model or route
@@ -8,6 +12,8 @@
     ├── UpstreamRejected      400     an upstream refused the request itself (400/413/422)
     │   ├── ContextLengthExceeded     too long for every model the chain could send it to
     │   └── ContentFiltered           a content-policy refusal (code `content_filter`)
+    ├── RateLimited           429     the key's requests or tokens per minute are used up
+    ├── LedgerUnavailable     503     the ledger is off or its database cannot be reached
     └── UpstreamExhausted     502/503/504  every deployment of the chain failed
     UpstreamError                     raised by provider adapters, never shown raw to a client
     ├── UpstreamConnectError          connection refused/reset before a response (retryable)
@@ -31,7 +37,19 @@ import orjson
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
-class GatewayError(Exception):
+class FallbackRoutingError(Exception):
+    """The root of every exception the project raises."""
+
+
+class ConfigError(FallbackRoutingError, ValueError):
+    """The configuration is invalid; the message names every bad key and value."""
+
+
+class KubernetesError(FallbackRoutingError, RuntimeError):
+    """The Kubernetes API server refused or could not be reached (the message says which)."""
+
+
+class GatewayError(FallbackRoutingError):
     """An error with a client-facing status and OpenAI error type."""
 
     status = 500
@@ -109,6 +127,13 @@ class ContentFiltered(UpstreamRejected):
     code = "content_filter"
 
 
+class LedgerUnavailable(GatewayError):
+    """The ledger is switched off or its database cannot be reached."""
+
+    status = 503
+    code = "ledger_unavailable"
+
+
 class UpstreamExhausted(GatewayError):
     """Every deployment the chain allowed has failed; nothing could answer."""
 
@@ -117,7 +142,7 @@ class UpstreamExhausted(GatewayError):
     code = "upstream_exhausted"
 
 
-class UpstreamError(Exception):
+class UpstreamError(FallbackRoutingError):
     """A failed upstream attempt, classified so the router can decide to retry or move on."""
 
     retryable = True

@@ -28,20 +28,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.config import MODEL_NAME_RE
-from services.errors import GatewayError, InvalidRequest, NotFound
+from services.errors import InvalidRequest, LedgerUnavailable, NotFound
 from services.gateway import Gateway
 from services.ledger import db as ledger_db
 from services.ledger.costs import cost_nanousd, savings, usd
 from services.ledger.wal import UsageRecord, record_id
 
 Days = Annotated[int, Query(ge=1, le=3650, description="Window in UTC days, today included.")]
-
-
-class LedgerUnavailable(GatewayError):
-    """The ledger is switched off or its database cannot be reached."""
-
-    status = 503
-    code = "ledger_unavailable"
 
 
 class ExternalUsage(BaseModel):

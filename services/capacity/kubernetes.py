@@ -31,12 +31,9 @@ from loguru import logger
 from services.capacity.scalers import ScalerStatus
 from services.capacity.state import Replica
 from services.config import ScalerSettings
+from services.errors import KubernetesError
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-
-
-class KubernetesError(RuntimeError):
-    """The API server refused or could not be reached (the message says which)."""
 
 
 @dataclass(frozen=True, slots=True)
