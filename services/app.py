@@ -61,7 +61,8 @@ from services.platform.logs import (
 from services.platform.request_context import caller_var, new_request_id, request_id_var
 from services.providers.base import Json
 from services.resilience.breaker_store import BreakerStore
-from services.routing.executor import ChainExecutor, Routed, RoutedStream
+from services.routing.executor import ChainExecutor
+from services.routing.outcomes import Routed, RoutedStream
 from services.routing.router import Router
 from services.routing.sessions import SessionStore
 

@@ -27,7 +27,8 @@ from loguru import logger
 from services.errors import UpstreamError, envelope
 from services.ledger.usage import UsageRecorder, estimate_tokens, prompt_chars
 from services.routing.continuation import OverlapFilter
-from services.routing.executor import ChainExecutor, RoutedStream
+from services.routing.executor import ChainExecutor
+from services.routing.outcomes import RoutedStream
 
 Json = dict[str, Any]
 

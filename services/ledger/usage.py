@@ -19,7 +19,7 @@ from services.ledger.costs import cost_nanousd, usd
 from services.ledger.wal import Ledger, UsageRecord
 from services.platform.metrics import Metrics
 from services.platform.request_context import caller_var
-from services.routing.executor import Attempt, Route
+from services.routing.outcomes import Attempt, Route
 
 Json = dict[str, Any]
 

@@ -30,20 +30,16 @@ import asyncio
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 from loguru import logger
 
 from services.config import Deployment, HedgeSettings, RetrySettings, Settings
 from services.errors import (
-    ContentFiltered,
-    ContextLengthExceeded,
     UpstreamContentPolicy,
     UpstreamContextLength,
     UpstreamError,
-    UpstreamExhausted,
     UpstreamHTTPError,
     UpstreamRejected,
     UpstreamTimeout,
@@ -57,165 +53,22 @@ from services.resilience.fallback_stats import FallbackStatistics
 from services.resilience.health_monitor import HealthMonitor
 from services.resilience.retry_budget import RetryBudget
 from services.resilience.watchdog import Watchdog
+from services.routing.attempt import (
+    CLIENT_FAULT_STATUSES,
+    counts_against_breaker,
+    read_until_content,
+    watched,
+)
 from services.routing.continuation import continuation_request
+from services.routing.outcomes import Attempt, Opened, Routed, RoutedStream, Walk, exhausted
+from services.routing.rejections import rejection_targets
 from services.routing.response_cache import ResponseCache
 from services.routing.router import Candidate, Router
 from services.routing.tiers import ReplayedStream, completion_chunks, degraded_completion
 
+__all__ = ["Attempt", "ChainExecutor", "Opened", "Routed", "RoutedStream"]
+
 T = TypeVar("T")
-
-# Upstream statuses that say the request itself is wrong: another deployment would say the same.
-CLIENT_FAULT_STATUSES = frozenset({400, 413, 422})
-# 4xx answers that still say something about the upstream's health.
-BREAKER_COUNTED_4XX = frozenset({408, 429})
-FALLBACK_HEADER = {"primary": "false", "fallback": "true", "cache": "cache", "degraded": "degraded"}
-
-__all__ = ["Attempt", "ChainExecutor", "Opened", "Routed", "RoutedStream", "UpstreamRejected"]
-
-
-@dataclass(slots=True)
-class Attempt:
-    """One upstream call, for the ledger and the metrics."""
-
-    deployment: str
-    model: str
-    ok: bool
-    seconds: float
-    status: int = 0  # the upstream's HTTP status when it answered one
-    error: str | None = None  # the UpstreamError class, when it failed
-    counted: bool = False  # whether the breaker counted it as a failure
-    cancelled: bool = False  # a hedge that lost the race (or the attempt it overtook)
-
-
-@dataclass(slots=True, kw_only=True)
-class Route:
-    """How an answer was obtained: the model, the deployment (none for a tier), the upstream
-    attempts made, and the route: primary, fallback, cache or degraded."""
-
-    model: str
-    deployment: str | None
-    attempts: int
-    route: str
-    log: list[Attempt] = field(default_factory=list)
-    ttft_seconds: float | None = None
-    # Chunks skipped as unusable; a usage block dropped as untrustworthy (tokens estimated).
-    malformed: int = 0
-    usage_rejected: bool = False
-
-    @property
-    def fallback(self) -> str:
-        """The `X-Router-Fallback` value: false, true, cache or degraded."""
-        return FALLBACK_HEADER[self.route]
-
-
-@dataclass(slots=True, kw_only=True)
-class Routed(Route):
-    """A non-streamed answer."""
-
-    body: Json
-
-
-@dataclass(slots=True)
-class Opened:
-    """A deployment's stream once it produced its first content: the chunks so far (held back
-    until then) and the rest, each guarded by the stall deadline."""
-
-    candidate: Candidate
-    head: list[Json]
-    stream: ChunkStream
-    rest: AsyncIterator[Json]
-    ttft: float
-    prefill: bool = False  # opened as a continuation by assistant prefill
-
-
-@dataclass(slots=True, kw_only=True)
-class RoutedStream(Route):
-    """An accepted stream: chunks already received (held back until content) and the rest."""
-
-    head: list[Json]
-    stream: ChunkStream
-    rest: AsyncIterator[Json]
-    selector: str = ""
-    request: Json = field(default_factory=dict)
-    # Deployments that broke this stream: a continuation goes elsewhere.
-    broken: set[str] = field(default_factory=set)
-
-
-@dataclass(slots=True)
-class Walk:
-    """One request's progress through its plan."""
-
-    deadline: float
-    attempts: int = 0
-    retries: int = 0
-    failures: list[UpstreamError] = field(default_factory=list)
-    log: list[Attempt] = field(default_factory=list)
-    deadline_hit: bool = False
-    budget_exhausted: bool = False
-
-
-def counts_against_breaker(failure: UpstreamError) -> bool:
-    """Whether a failure says the upstream is unwell (4xx other than 408/429 say otherwise)."""
-    if isinstance(failure, UpstreamHTTPError) and 400 <= failure.status < 500:
-        return failure.status in BREAKER_COUNTED_4XX
-    return True
-
-
-def has_content(chunk: Json) -> bool:
-    """Whether a chunk carries something the client sees (text, a tool call, an end)."""
-    for choice in chunk.get("choices") or ():
-        delta = choice.get("delta") or {}
-        if (
-            delta.get("content")
-            or delta.get("tool_calls")
-            or delta.get("reasoning_content")
-            or delta.get("refusal")
-            or choice.get("finish_reason")
-        ):
-            return True
-    return False
-
-
-async def read_until_content(chunks: AsyncIterator[Json], deployment: str) -> list[Json]:
-    """Hold back chunks until one carries content: failing over is still invisible until then."""
-    head: list[Json] = []
-    async for chunk in chunks:
-        head.append(chunk)
-        if has_content(chunk):
-            return head
-    if not head:
-        raise UpstreamError(deployment, "stream ended before any chunk")
-    return head
-
-
-async def watched(
-    chunks: AsyncIterator[Json], deployment: str, stall: float, watch: Watchdog
-) -> AsyncIterator[Json]:
-    """The chunks, failing with UpstreamTimeout when one takes longer than `stall` to come (or
-    the watchdog's hard deadline passes)."""
-    watch.bind()  # the consumer of the rest: the executor's task, or the response's
-    try:
-        while True:
-            watch.begin(stall)
-            try:
-                chunk = await anext(chunks)
-            except StopAsyncIteration:
-                return
-            except asyncio.CancelledError:
-                if watch.expired():
-                    raise UpstreamTimeout(deployment, watch.reason(stall)) from None
-                raise
-            finally:
-                watch.end()
-            yield chunk
-    finally:
-        watch.close()
-
-
-def _reason(failure: UpstreamError) -> str:
-    if isinstance(failure, UpstreamHTTPError):
-        return f"HTTP {failure.status}"
-    return type(failure).__name__.removeprefix("Upstream")
 
 
 class ChainExecutor:
@@ -643,26 +496,8 @@ class ChainExecutor:
         """Re-plan after a 400 that another model could take; raise when none can."""
         if not isinstance(failure, UpstreamContextLength | UpstreamContentPolicy):
             return False
-        model = candidate.model
-        settings = self._all.models.get(model)
-        if isinstance(failure, UpstreamContextLength):
-            targets = settings.context_window_fallback if settings is not None else []
-            if not targets:
-                own = (settings.context_window if settings is not None else None) or 0
-                targets = [
-                    step.model
-                    for step in plan
-                    if (self._all.models[step.model].context_window or 0) > own
-                    if step.model in self._all.models
-                ]
-            error: UpstreamRejected = ContextLengthExceeded(
-                f"the request is longer than the context of {model}"
-                + (" and of every model it could go to" if targets else "")
-                + f": {failure.reason}"
-            )
-        else:
-            targets = settings.content_policy_fallback if settings is not None else []
-            error = ContentFiltered(f"{model} refused the content: {failure.reason}")
+        later = [step.model for step in plan]
+        targets, error = rejection_targets(self._all, candidate.model, failure, later)
         tried = {a.deployment for a in walk.log}
         fresh = [
             c
@@ -674,7 +509,7 @@ class ChainExecutor:
             error.attempt_log = walk.log
             raise error from failure
         logger.info("{} from {}: trying {}", type(failure).__name__.removeprefix("Upstream"),
-                    model, ", ".join(dict.fromkeys(c.model for c in fresh)))  # fmt: skip
+                    candidate.model, ", ".join(dict.fromkeys(c.model for c in fresh)))  # fmt: skip
         plan.clear()
         plan.extend(fresh)
         return True
@@ -767,38 +602,4 @@ class ChainExecutor:
             self._stats.served("degraded", None, walk.attempts, walk.retries)
             return degraded_completion(self._settings.degraded_message), "degraded"
         self._stats.served("failed", None, walk.attempts, walk.retries)
-        raise self._exhausted(selector, walk)
-
-    @staticmethod
-    def _exhausted(selector: str, walk: Walk) -> UpstreamExhausted:
-        summary = "; ".join(f"{f.deployment}: {_reason(f)}" for f in walk.failures)
-        if walk.deadline_hit:
-            error = UpstreamExhausted(
-                f"'{selector}' did not answer within the request deadline ({summary})",
-                status=504,
-                code="deadline_exceeded",
-            )
-        elif walk.budget_exhausted:
-            error = UpstreamExhausted(
-                f"every usable upstream of '{selector}' failed and the retry budget is spent "
-                f"({summary})",
-                status=503,
-                code="retry_budget_exhausted",
-            )
-        elif not walk.failures:
-            error = UpstreamExhausted(
-                f"no deployment of '{selector}' is available (circuit breakers open or "
-                "deployments unhealthy)",
-                status=503,
-                code="no_deployment_available",
-            )
-        else:
-            timeouts = all(isinstance(f, UpstreamTimeout) for f in walk.failures)
-            error = UpstreamExhausted(
-                f"every upstream of '{selector}' failed ({summary})",
-                status=504 if timeouts else 503,
-            )
-        error.headers["Retry-After"] = "1"
-        error.headers["X-Router-Attempts"] = str(walk.attempts)
-        error.attempt_log = walk.log
-        return error
+        raise exhausted(selector, walk)

@@ -9,7 +9,7 @@ from services.routing.continuation import (
     continuation_request,
     overlap,
 )
-from services.routing.executor import RoutedStream
+from services.routing.outcomes import RoutedStream
 from services.routing.tiers import ReplayedStream
 
 REQUEST = {"model": "m", "messages": [{"role": "user", "content": "q"}], "temperature": 0}
