@@ -43,6 +43,18 @@ import orjson
 from aiohttp import web
 
 from services.config import Simulation
+from services.dev.sim_wire import (
+    WORDS,
+    anthropic_events,
+    anthropic_message,
+    continuation_start,
+    count_tokens,
+    is_prefill,
+    openai_completion,
+    openai_events,
+)
+
+__all__ = ["WORDS", "Behaviour", "SimulatedModelServer", "run_simulator"]
 
 FailureMode = Literal[
     "status", "hang", "drop", "drop_mid_stream", "hang_after_headers", "stall_mid_stream",
@@ -63,10 +75,6 @@ CONTENT_FILTER_ERROR = (
     "Please modify your prompt and retry."
 )
 PREFILL_ERROR = "This model does not support assistant message prefill."
-WORDS = (
-    "the", "gateway", "routed", "this", "reply", "through", "a", "simulated", "model", "so",
-    "that", "every", "failure", "path", "can", "be", "tested", "without", "a", "real", "provider",
-)  # fmt: skip
 
 
 @dataclass
@@ -124,17 +132,6 @@ class Behaviour:
         if new.tokens_per_second <= 0 or new.response_tokens < 1:
             raise ValueError("tokens_per_second must be > 0 and response_tokens >= 1")
         return new
-
-
-def _count_tokens(messages: Any) -> int:
-    """A rough, deterministic token count (words), good enough for usage accounting tests."""
-    total = 0
-    for message in messages if isinstance(messages, list) else []:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list):
-            content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-        total += len(str(content or "").split()) + 3
-    return max(total, 1)
 
 
 class SimulatedModelServer:
@@ -276,8 +273,8 @@ class SimulatedModelServer:
         if mode == "content_filter":
             return self._error(400, "invalid_request_error", CONTENT_FILTER_ERROR, openai_format,
                                code="content_filter")  # fmt: skip
-        start = _continuation_start(messages)
-        if start and _is_prefill(messages) and behaviour.prefill == "reject":
+        start = continuation_start(messages)
+        if start and is_prefill(messages) and behaviour.prefill == "reject":
             return self._error(400, "invalid_request_error", PREFILL_ERROR, openai_format)
 
         limit = (
@@ -289,7 +286,7 @@ class SimulatedModelServer:
         words = [f"[{model}]"] + [WORDS[i % len(WORDS)] for i in range(n_tokens - 1)]
         pieces = [w if i == 0 else " " + w for i, w in enumerate(words)][start:]
         pieces = pieces or [" ."]
-        prompt_tokens = _count_tokens(messages)
+        prompt_tokens = count_tokens(messages)
         await asyncio.sleep(behaviour.latency_ms / 1000)
         self._ids += 1
         ident = f"sim-{self._ids}"
@@ -311,18 +308,16 @@ class SimulatedModelServer:
             await asyncio.sleep(first_token + len(pieces) / behaviour.tokens_per_second)
             text = "".join(pieces)
             payload = (
-                _openai_completion(ident, model, text, usage)
+                openai_completion(ident, model, text, usage)
                 if openai_format
-                else _anthropic_message(ident, model, text, usage)
+                else anthropic_message(ident, model, text, usage)
             )
             return web.Response(body=orjson.dumps(payload), content_type="application/json")
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         events = (
-            _openai_events(
-                ident, model, pieces, usage, include_usage, behaviour.usage_on_last_chunk
-            )
+            openai_events(ident, model, pieces, usage, include_usage, behaviour.usage_on_last_chunk)
             if openai_format
-            else _anthropic_events(ident, model, pieces, usage)
+            else anthropic_events(ident, model, pieces, usage)
         )
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -407,137 +402,6 @@ class SimulatedModelServer:
             openai_format,
             behaviour.retry_after,
         )
-
-
-def _sse(data: Any, event: str | None = None) -> bytes:
-    head = f"event: {event}\n".encode() if event else b""
-    return head + b"data: " + orjson.dumps(data) + b"\n\n"
-
-
-def _continuation_start(messages: list[Any]) -> int:
-    """Where an answer picks up: after the words of a trailing assistant message (prefill), or
-    two words before the end of a partial answer followed by a request to continue (a model
-    asked to go on tends to repeat itself a little); 0 for a fresh question."""
-    last = messages[-1] if isinstance(messages[-1], dict) else {}
-    if last.get("role") == "assistant":
-        return len(str(last.get("content") or "").split())
-    if len(messages) >= 2 and isinstance(messages[-2], dict):
-        partial = messages[-2]
-        asks = "continue" in str(last.get("content") or "").lower()
-        if partial.get("role") == "assistant" and asks:
-            return max(0, len(str(partial.get("content") or "").split()) - 2)
-    return 0
-
-
-def _is_prefill(messages: list[Any]) -> bool:
-    last = messages[-1]
-    return isinstance(last, dict) and last.get("role") == "assistant"
-
-
-def _openai_completion(ident: str, model: str, text: str, usage: Any) -> dict[str, Any]:
-    return {
-        "id": f"chatcmpl-{ident}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-        ],
-        "usage": usage,
-    }
-
-
-def _openai_events(
-    ident: str,
-    model: str,
-    pieces: list[str],
-    usage: Any,
-    include_usage: bool,
-    usage_on_last_chunk: bool,
-) -> list[bytes]:
-    created = int(time.time())
-    base = {
-        "id": f"chatcmpl-{ident}",
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-    }
-
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish}
-        return _sse({**base, "choices": [choice], **extra})
-
-    events = [chunk({"role": "assistant", "content": ""})]
-    events += [chunk({"content": piece}) for piece in pieces[:-1]]
-    if usage_on_last_chunk:  # `transformers serve`: usage rides on the last content chunk
-        events.append(chunk({"content": pieces[-1]}, "stop", usage=usage))
-    else:
-        events.append(chunk({"content": pieces[-1]}))
-        events.append(chunk({}, "stop"))
-        if include_usage:
-            events.append(_sse({**base, "choices": [], "usage": usage}))
-    events.append(b"data: [DONE]\n\n")
-    return events
-
-
-def _anthropic_usage(usage: Any) -> Any:
-    if isinstance(usage, dict) and "prompt_tokens" in usage:
-        return {"input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"]}
-    return usage
-
-
-def _anthropic_message(ident: str, model: str, text: str, usage: Any) -> dict[str, Any]:
-    return {
-        "id": f"msg_{ident}",
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": [{"type": "text", "text": text}],
-        "stop_reason": "end_turn",
-        "stop_sequence": None,
-        "usage": _anthropic_usage(usage),
-    }
-
-
-def _anthropic_events(ident: str, model: str, pieces: list[str], usage: Any) -> list[bytes]:
-    translated = _anthropic_usage(usage)
-    start = _anthropic_message(ident, model, "", usage)
-    start["content"], start["stop_reason"] = [], None
-    if isinstance(translated, dict):
-        start["usage"] = {**translated, "output_tokens": 1}
-    events = [
-        _sse({"type": "message_start", "message": start}, "message_start"),
-        _sse(
-            {
-                "type": "content_block_start",
-                "index": 0,
-                "content_block": {"type": "text", "text": ""},
-            },
-            "content_block_start",
-        ),
-        _sse({"type": "ping"}, "ping"),
-    ]
-    events += [
-        _sse(
-            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}},
-            "content_block_delta",
-        )
-        for p in pieces
-    ]
-    output = translated.get("output_tokens") if isinstance(translated, dict) else len(pieces)
-    events += [
-        _sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
-        _sse(
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                "usage": {"output_tokens": output},
-            },
-            "message_delta",
-        ),
-        _sse({"type": "message_stop"}, "message_stop"),
-    ]
-    return events
 
 
 def run_simulator(name: str, simulation: Simulation, *, host: str, port: int) -> None:
