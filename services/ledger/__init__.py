@@ -3,5 +3,6 @@
 writer process (`writer`).
 
 May import: `services.config`, `services.errors`, `services.platform`, `services.routing` (the
-attempt log), `services.capacity.state` and `services.api.rate_limit` (the load and token
-counters a finished request feeds; issue 12 turns these into observers)."""
+attempt log), `services.capacity` (the load counters a finished request feeds), and, as a known
+exception that tests/test_layers.py lists, `services.api.rate_limit` (the tokens it spends;
+issue 12 turns both into observers of one turn record)."""
