@@ -19,8 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.auth import KeyRing
 from services.api.rate_limit import RateLimiter
-from services.capacity.state import LoadReporter, PublishedState, Replica, read_state
-from services.config import Deployment, ScalerSettings, Settings, redact_url
+from services.capacity.replicas import ReplicaRouting
+from services.capacity.state import LoadReporter
+from services.config import Deployment, Settings, redact_url
 from services.ledger import db as ledger_db
 from services.ledger.db import make_engine
 from services.ledger.usage import UsageRecorder
@@ -29,9 +30,7 @@ from services.ledger.writer import read_status
 from services.platform.metrics import Metrics
 from services.platform.redis_connection import async_client
 from services.platform.redis_gate import REDIS_ERRORS, RedisGate
-from services.providers.anthropic import AnthropicProvider
-from services.providers.base import Provider
-from services.providers.openai import OpenAIProvider
+from services.providers.factory import build_provider, build_providers
 from services.resilience.breaker_store import BreakerStore
 from services.resilience.fallback_stats import FallbackStatistics
 from services.resilience.health_monitor import HealthMonitor
@@ -40,54 +39,6 @@ from services.routing.executor import ChainExecutor
 from services.routing.response_cache import ResponseCache
 from services.routing.router import Router
 from services.routing.sessions import SessionStore
-
-
-def build_provider(
-    name: str,
-    deployment: Deployment,
-    settings: Settings,
-    session: aiohttp.ClientSession,
-    environ: Mapping[str, str],
-) -> Provider:
-    """The adapter of one deployment; its key is read from the env var the config names.
-
-    aiohttp bounds only the connect: how long an attempt may wait for its first token, or
-    between two chunks, is the executor's (per deployment, within the walk's deadline)."""
-    up = settings.upstream
-    kwargs = {
-        "base_url": deployment.base_url,
-        "upstream_model": deployment.model,
-        "api_key": environ.get(deployment.api_key_env) if deployment.api_key_env else None,
-        "session": session,
-        "timeout": aiohttp.ClientTimeout(total=None, sock_connect=up.connect_timeout_seconds),
-        "probe": deployment.probe,
-        "max_line_bytes": up.max_line_bytes,
-    }
-    if deployment.provider == "anthropic":
-        return AnthropicProvider(name, **kwargs)  # type: ignore[arg-type]
-    return OpenAIProvider(name, **kwargs)  # type: ignore[arg-type]
-
-
-def build_providers(
-    settings: Settings, session: aiohttp.ClientSession, environ: Mapping[str, str]
-) -> dict[str, list[Provider]]:
-    """One adapter per configured deployment, by model (every model, even with none)."""
-    providers: dict[str, list[Provider]] = {model: [] for model in settings.models}
-    for model, name, deployment in settings.deployments():
-        providers[model].append(build_provider(name, deployment, settings, session, environ))
-    return providers
-
-
-def replica_deployment(model: str, scaler: ScalerSettings, replica: Replica) -> Deployment:
-    """The deployment a planner-started replica becomes (not probed: the planner checks it)."""
-    return Deployment(
-        provider=scaler.provider,
-        base_url=replica.base_url,
-        model=scaler.upstream_model or model,
-        api_key_env=scaler.api_key_env,
-        name=replica.name,
-        probe=False,
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,12 +79,11 @@ class Gateway:
     # Every deployment by name, (model, settings): the configured ones, plus the replicas the
     # capacity planner runs (added and dropped as it publishes them).
     deployment_table: dict[str, tuple[str, Deployment]] = field(default_factory=dict)
-    # The capacity planner's last published state (None: no planner, static config applies).
-    capacity: PublishedState | None = None
+    # The capacity planner as this process sees it, and its replicas (set by `start`).
+    replicas: ReplicaRouting | None = None
     load: LoadReporter = field(init=False)
     keys: KeyRing = field(init=False)
     limiter: RateLimiter | None = None
-    _replicas: dict[str, Provider] = field(default_factory=dict, repr=False)
     _owns_redis: bool = field(default=False, repr=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
 
@@ -146,41 +96,17 @@ class Gateway:
 
     def planner_view(self) -> dict[str, Any]:
         """The capacity planner as `/health` shows it."""
-        if not self.settings.capacity.enabled:
-            return {"enabled": False}
-        state = self.capacity
-        if state is None:
-            return {"enabled": True, "up": False, "target": self.new_session_selector()}
-        return {
-            "enabled": True,
-            "up": True,
-            "planner": state.planner,
-            "target": state.target_selector,
-            "signal": state.signal,
-            "threshold": state.threshold,
-            "observed": state.observed,
-            "models": {
-                model: {
-                    "role": entry.role,
-                    "state": entry.state,
-                    "replicas": len(entry.replicas),
-                    "ready_replicas": sum(r.ready for r in entry.replicas),
-                }
-                for model, entry in state.models.items()
-            },
-        }
+        assert self.replicas is not None  # set by `start`, before any request
+        return self.replicas.view()
+
+    def new_session_selector(self) -> str:
+        """What `/initiate_call` pins when the client names nothing."""
+        assert self.replicas is not None
+        return self.replicas.new_session_selector()
 
     def start_draining(self) -> None:
         """Shutdown has begun: /readyz answers 503 from now on."""
         self.draining = True
-
-    def new_session_selector(self) -> str:
-        """What `/initiate_call` pins when the client names nothing: the planner's routing
-        target while a planner is alive, else the configured default."""
-        target = self.capacity.target_selector if self.capacity is not None else None
-        if target is not None and self.router is not None and self.router.knows(target):
-            return target
-        return self.settings.sessions.default_selector
 
     async def start(self) -> None:
         """Open the Redis client and the upstream pool, build the pipeline, start its loops."""
@@ -244,6 +170,18 @@ class Gateway:
         await self.breakers.sync()
         if settings.ledger.enabled:
             await self._start_ledger()
+        self.replicas = ReplicaRouting(
+            settings,
+            self.environ,
+            router=self.router,
+            breakers=self.breakers,
+            health=self.health,
+            http=self.http,
+            deployment_table=self.deployment_table,
+            metrics=self.metrics,
+            load=self.load,
+            build_provider=build_provider,
+        )
         self.limiter = RateLimiter(self.redis, self.gate, settings.api.rate_limit, prefix=prefix)
         self.recorder = UsageRecorder(
             settings, self.ledger, self.metrics, self.deployment_table, self.load, self.limiter
@@ -383,7 +321,10 @@ class Gateway:
         while True:
             await asyncio.sleep(interval)
             await self.refresh_disabled()
-            await self.sync_capacity()
+            assert self.replicas is not None
+            assert self.redis is not None
+            assert self.gate is not None
+            await self.replicas.sync(self.redis, self.gate)
             if self.limiter is not None:
                 await self.limiter.flush()
             assert self.breakers is not None
@@ -395,64 +336,6 @@ class Gateway:
                 if loop.time() - last_snapshot >= self.settings.ledger.health_snapshot_seconds:
                     last_snapshot = loop.time()
                     await self._snapshot_health()
-
-    async def sync_capacity(self) -> None:
-        """Publish this process's load; read the planner's state and route to its replicas."""
-        if not self.settings.capacity.enabled:
-            return  # nobody reads the load counters: no Redis write for them
-        if self.redis is None or self.gate is None or not self.gate.available:
-            return
-        try:
-            await self.load.flush(self.redis)
-            self.capacity = await read_state(self.redis, self.settings.redis.key_prefix)
-        except REDIS_ERRORS:
-            return  # the gate notices; the last known state stays until Redis answers
-        self.apply_replicas()
-        self.metrics.planner(self.capacity)
-
-    def apply_replicas(self) -> None:
-        """Make the routable replicas of the planner's state the router's extra deployments.
-
-        A replica whose model is draining (`stopping`) or that is not ready is dropped here,
-        before the planner stops it. Replicas without an endpoint (the `simulated` scaler) are
-        state only and never routed to."""
-        assert self.router is not None
-        assert self.breakers is not None
-        assert self.health is not None
-        assert self.http is not None
-        capacity = self.settings.capacity
-        wanted: dict[str, list[Provider]] = {capacity.large.model: [], capacity.small.model: []}
-        published = self.capacity.models if self.capacity is not None else {}
-        for model, managed in (
-            (capacity.large.model, capacity.large),
-            (capacity.small.model, capacity.small),
-        ):
-            entry = published.get(model)
-            for replica in entry.routable() if entry is not None else []:
-                if not replica.base_url:
-                    continue
-                provider = self._replicas.get(replica.name)
-                if provider is None:
-                    try:
-                        deployment = replica_deployment(model, managed.scaler, replica)
-                    except ValueError as exc:
-                        logger.error("ignoring replica {}: {}", replica.name, exc)
-                        continue
-                    provider = build_provider(replica.name, deployment, self.settings,
-                                              self.http, self.environ)  # fmt: skip
-                    self._replicas[replica.name] = provider
-                    self.deployment_table[replica.name] = (model, deployment)
-                    self.breakers.add(replica.name, self.settings.breaker_policy(deployment))
-                    self.health.add(replica.name, provider, probed=False)
-                    logger.info("routing to {} replica {} at {}", model, replica.name,
-                                replica.base_url)  # fmt: skip
-                wanted[model].append(provider)
-        for model, providers in wanted.items():
-            before = {p.name for p in self.router.replicas(model)}
-            for gone in before - {p.name for p in providers}:
-                logger.info("no longer routing to {} replica {}", model, gone)
-                self._replicas.pop(gone, None)
-            self.router.set_replicas(model, providers)
 
     async def _snapshot_health(self) -> None:
         assert self.breakers is not None
