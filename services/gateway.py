@@ -5,11 +5,8 @@ session store, and the background loops that keep them in step with Redis."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,15 +18,14 @@ from services.api.auth import KeyRing
 from services.api.rate_limit import RateLimiter
 from services.capacity.replicas import ReplicaRouting
 from services.capacity.state import LoadReporter
-from services.config import Deployment, Settings, redact_url
-from services.ledger import db as ledger_db
-from services.ledger.db import make_engine
+from services.config import Deployment, Settings
+from services.ledger.runtime import LedgerRuntime, LedgerState
+from services.ledger.switches import OperatorSwitches
 from services.ledger.usage import UsageRecorder
-from services.ledger.wal import DB_ERRORS, Ledger
-from services.ledger.writer import read_status
+from services.ledger.wal import Ledger
 from services.platform.metrics import Metrics
 from services.platform.redis_connection import async_client
-from services.platform.redis_gate import REDIS_ERRORS, RedisGate
+from services.platform.redis_gate import RedisGate
 from services.providers.factory import build_provider, build_providers
 from services.resilience.breaker_store import BreakerStore
 from services.resilience.fallback_stats import FallbackStatistics
@@ -39,17 +35,6 @@ from services.routing.executor import ChainExecutor
 from services.routing.response_cache import ResponseCache
 from services.routing.router import Router
 from services.routing.sessions import SessionStore
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerState:
-    """The ledger as the health endpoints report it."""
-
-    buffer_len: int
-    wal_size_bytes: int
-    last_flush_ms: float | None
-    last_db_write: datetime | None
-    writer: str  # inline | running | missing (an external writer's heartbeat is stale)
 
 
 @dataclass
@@ -70,6 +55,8 @@ class Gateway:
     sessions: SessionStore | None = None
     engine: AsyncEngine | None = None
     ledger: Ledger | None = None
+    ledger_runtime: LedgerRuntime | None = None
+    switches: OperatorSwitches | None = None
     recorder: UsageRecorder | None = None
     metrics: Metrics = field(default_factory=Metrics)
     # Deployments an operator switched off (POST /api/llm/providers/{name}/enable): shared with
@@ -103,6 +90,20 @@ class Gateway:
         """What `/initiate_call` pins when the client names nothing."""
         assert self.replicas is not None
         return self.replicas.new_session_selector()
+
+    def ledger_state(self) -> LedgerState | None:
+        """What `/health` and `/api/llm/health` say of the ledger; None when it is off."""
+        return self.ledger_runtime.state() if self.ledger_runtime is not None else None
+
+    async def set_enabled(self, name: str, enabled: bool) -> None:
+        """Switch a deployment on or off, everywhere (services/ledger/switches.py)."""
+        assert self.switches is not None  # set by `start`, before any request
+        await self.switches.set_enabled(name, enabled)
+
+    async def refresh_disabled(self) -> None:
+        """Take the operators' switches from Redis."""
+        if self.switches is not None:
+            await self.switches.refresh()
 
     def start_draining(self) -> None:
         """Shutdown has begun: /readyz answers 503 from now on."""
@@ -169,7 +170,8 @@ class Gateway:
             logger.warning("Redis is not reachable at start: serving fail-open until it is")
         await self.breakers.sync()
         if settings.ledger.enabled:
-            await self._start_ledger()
+            self.ledger_runtime = await LedgerRuntime.open(settings)
+            self.engine, self.ledger = self.ledger_runtime.engine, self.ledger_runtime.ledger
         self.replicas = ReplicaRouting(
             settings,
             self.environ,
@@ -186,7 +188,10 @@ class Gateway:
         self.recorder = UsageRecorder(
             settings, self.ledger, self.metrics, self.deployment_table, self.load, self.limiter
         )
-        await self.refresh_disabled()
+        self.switches = OperatorSwitches(
+            self.redis, self.gate, self.engine, self.disabled, prefix=prefix
+        )
+        await self.switches.refresh()
         interval = resilience.sync_interval_seconds
         loops = [
             self.gate.watch(),
@@ -209,111 +214,6 @@ class Gateway:
             len(deployments),
         )
 
-    async def _start_ledger(self) -> None:
-        """Open the database (migrated to head), register the deployments, replay dead WALs."""
-        settings = self.settings
-        self.engine = make_engine(settings.database.url)
-        wal_dir = Path(settings.ledger.wal_dir)
-        self.ledger = Ledger(
-            self.engine,
-            wal_dir,
-            flush_interval=settings.ledger.flush_interval_seconds,
-            batch_size=settings.ledger.batch_size,
-            fsync=settings.ledger.fsync,
-            writes_database=settings.ledger.writer != "external",  # auto alone: inline
-        )
-        self.ledger.start()  # the WAL first: requests can be recorded even if the DB is down
-        try:
-            await ledger_db.migrate(self.engine, wal_dir)
-            await ledger_db.sync_providers(self.engine, self._registry_rows())
-            replayed = await self.ledger.replay()
-            self.ledger.last_db_write = self.ledger.last_db_write or await ledger_db.last_write(
-                self.engine
-            )
-        except DB_ERRORS as exc:
-            self.ledger.db_ok = False
-            logger.error(
-                "ledger database unavailable at start ({}): records wait in the WAL",
-                type(exc).__name__,
-            )
-        else:
-            logger.info(
-                "ledger ready at {} ({} records replayed)",
-                redact_url(settings.database.url),
-                replayed,
-            )
-
-    def ledger_state(self) -> LedgerState | None:
-        """What `/health` and `/api/llm/health` say of the ledger; None when it is off.
-
-        With an external writer the flush timings and the last write are the writer's, read
-        from its status file."""
-        ledger = self.ledger
-        if ledger is None:
-            return None
-        if ledger.writes_database:
-            return LedgerState(ledger.pending, ledger.wal_size_bytes, ledger.last_flush_ms,
-                               ledger.last_db_write, "inline")  # fmt: skip
-        status = read_status(Path(self.settings.ledger.wal_dir))
-        alive = status is not None and status.alive(time.time())
-        return LedgerState(
-            ledger.pending,
-            ledger.wal_size_bytes,
-            status.last_flush_ms if status else None,
-            (status.last_db_write_at if status else None) or ledger.last_db_write,
-            "running" if alive else "missing",
-        )
-
-    def _registry_rows(self) -> list[dict[str, Any]]:
-        rows = []
-        for priority, (model, name, deployment) in enumerate(self.settings.deployments()):
-            policy = self.settings.breaker_policy(deployment)
-            rows.append(
-                {
-                    "name": name,
-                    "model": model,
-                    "kind": deployment.provider,
-                    "priority": priority,
-                    "local": self.settings.models[model].local,
-                    "breaker": policy.model_dump(),
-                }
-            )
-        return rows
-
-    async def set_enabled(self, name: str, enabled: bool) -> None:
-        """Switch a deployment on or off: database (the record), Redis (every process), here."""
-        if self.engine is not None:
-            await ledger_db.set_enabled(self.engine, name, enabled)
-        (self.disabled.discard if enabled else self.disabled.add)(name)
-        if self.redis is not None and self.gate is not None and self.gate.available:
-            key = self.settings.redis.key_prefix + "disabled"
-            try:
-                await (self.redis.srem(key, name) if enabled else self.redis.sadd(key, name))
-            except REDIS_ERRORS as exc:
-                self.gate.mark_down(exc)
-        logger.warning(
-            "deployment {} {} by an operator", name, "enabled" if enabled else "disabled"
-        )
-
-    async def refresh_disabled(self) -> None:
-        """Take the operators' switches from Redis (or, at start, from the database)."""
-        fresh: set[str] | None = None
-        if self.redis is not None and self.gate is not None and self.gate.available:
-            key = self.settings.redis.key_prefix + "disabled"
-            try:
-                if self.engine is not None and not await self.redis.exists(key):
-                    names = await ledger_db.disabled_providers(self.engine)
-                    if names:
-                        await self.redis.sadd(key, *names)
-                fresh = {str(n) for n in await self.redis.smembers(key)}
-            except REDIS_ERRORS as exc:
-                self.gate.mark_down(exc)
-            except DB_ERRORS:
-                pass
-        if fresh is not None and fresh != self.disabled:
-            self.disabled.clear()
-            self.disabled.update(fresh)
-
     async def _housekeeping(self, interval: float) -> None:
         """Operator switches, gauges and health snapshots, on the sync interval."""
         last_snapshot = 0.0
@@ -335,32 +235,9 @@ class Gateway:
                 self.metrics.wal_size.set(self.ledger.wal_size_bytes)
                 if loop.time() - last_snapshot >= self.settings.ledger.health_snapshot_seconds:
                     last_snapshot = loop.time()
-                    await self._snapshot_health()
-
-    async def _snapshot_health(self) -> None:
-        assert self.breakers is not None
-        assert self.health is not None
-        assert self.engine is not None
-        now = datetime.now(UTC)
-        rows = []
-        for name in self.breakers.names:
-            summary = self.health.summary(name)
-            latency = summary["latency_ms"] or {}
-            rows.append(
-                {
-                    "ts": now,
-                    "deployment": name,
-                    "breaker_state": self.breakers.state(name).state,
-                    "healthy": summary["healthy"],
-                    "success_rate": summary["success_rate"],
-                    "p50_ms": latency.get("p50"),
-                    "p95_ms": latency.get("p95"),
-                }
-            )
-        try:
-            await ledger_db.insert_health(self.engine, rows)
-        except DB_ERRORS as exc:
-            logger.warning("health snapshot not stored ({})", type(exc).__name__)
+                    assert self.health is not None
+                    if self.ledger_runtime is not None:
+                        await self.ledger_runtime.snapshot_health(self.breakers, self.health)
 
     async def close(self) -> None:
         """Stop the loops, flush the ledger, write what is pending to Redis, close clients."""
@@ -373,10 +250,8 @@ class Gateway:
             logger.error("background loop {} did not stop on cancellation: {}", task.get_name(),
                          "; ".join(str(frame) for frame in task.get_stack()))  # fmt: skip
         self._tasks.clear()
-        if self.ledger is not None:
-            await self.ledger.close()
-        if self.engine is not None:
-            await self.engine.dispose()
+        if self.ledger_runtime is not None:
+            await self.ledger_runtime.close()
         for flush in (
             self.cache.flush if self.cache else None,
             self.stats.flush if self.stats else None,
