@@ -49,7 +49,7 @@ from services.errors import (
     envelope,
     render,
 )
-from services.gateway import Gateway
+from services.gateway import GatewayRef, open_gateway
 from services.ledger import db as ledger_db
 from services.ledger.usage import UsageRecorder, answer_chars
 from services.platform.logs import (
@@ -58,6 +58,7 @@ from services.platform.logs import (
     intercept_stdlib_logging,
     secret_values,
 )
+from services.platform.metrics import Metrics
 from services.platform.request_context import caller_var, new_request_id, request_id_var
 from services.providers.base import Json
 from services.resilience.breaker_store import BreakerStore
@@ -225,56 +226,52 @@ def create_app(
     settings: Settings,
     *,
     environ: Mapping[str, str],
-    gateway: Gateway | None = None,
     access_log: AccessLog | None = None,
 ) -> FastAPI:
-    """Build the FastAPI application; clients are opened in its lifespan."""
-    gw = gateway or Gateway(settings, environ)
+    """Build the FastAPI application; the gateway is opened, fully, in its lifespan."""
+    ref = GatewayRef()
+    exporter = Metrics()  # Prometheus: the gateway counts into it, /metrics renders it
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await gw.start()
+        gw = await open_gateway(settings, environ, metrics=exporter)
+        ref.set(gw)
         tune_gc()
         drain.install(settings.api.drain_delay_seconds, gw.start_draining)
         try:
             yield
         finally:
             await gw.close()
+            ref.set(None)
 
     app = FastAPI(title="Fallback Routing", version=__version__, lifespan=lifespan)
-    app.state.gateway = gw
+    app.state.gateway = ref
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.api.max_body_bytes,
         max_header_bytes=settings.api.max_header_bytes,
-        keys=gw.keys,
+        keys=KeyRing.from_env(environ),
         access_log=access_log,
     )
     _install_error_handlers(app)
     max_messages = settings.api.max_messages
     resilience = settings.resilience
     default_selector = settings.sessions.default_selector
-    load = gw.load
 
     def router() -> Router:
-        assert gw.router is not None  # set by the lifespan before any request
-        return gw.router
+        return ref().router
 
     def sessions() -> SessionStore:
-        assert gw.sessions is not None
-        return gw.sessions
+        return ref().sessions
 
     def executor() -> ChainExecutor:
-        assert gw.executor is not None
-        return gw.executor
+        return ref().executor
 
     def recorder() -> UsageRecorder:
-        assert gw.recorder is not None
-        return gw.recorder
+        return ref().recorder
 
     def breakers() -> BreakerStore:
-        assert gw.breakers is not None
-        return gw.breakers
+        return ref().breakers
 
     max_content_chars = settings.api.max_content_chars
 
@@ -291,16 +288,16 @@ def create_app(
     async def initiate_call(request: Request) -> Response:
         """Create or re-pin a session to a model or chain (default: the current routing target)."""
         body = validate(INITIATE_CALL, await read_json(request, allow_empty=True))
-        selector = known_selector(body.model) if body.model else gw.new_session_selector()
+        selector = known_selector(body.model) if body.model else ref().new_session_selector()
         session_id = body.session_id or new_request_id() + new_request_id()
         await sessions().pin(session_id, selector)
-        gw.metrics.sessions.inc()
+        exporter.sessions.inc()
         return json_response(
             {"session_id": session_id, "model": selector, "expires_in": sessions().ttl_seconds}
         )
 
     async def within_rate_limit() -> None:
-        if gw.limiter is not None and (retry_after := await gw.limiter.admit(caller_var.get())):
+        if retry_after := await ref().limiter.admit(caller_var.get()):
             raise RateLimited(retry_after)
 
     async def chat_completions(request: Request) -> Response:
@@ -361,7 +358,7 @@ def create_app(
         """Walk the chain, record the request in the ledger, answer JSON or SSE."""
         started = time.perf_counter()
         turn = Turn(payload, request_id_var.get(), session_id, selector, started)
-        load.begin()  # the recorder's answered/failed ends it
+        ref().load.begin()  # the recorder's answered/failed ends it
         try:
             routed: Routed | RoutedStream = await (
                 executor().open_stream(selector, payload)
@@ -437,6 +434,7 @@ def create_app(
     @app.get("/readyz")
     async def readyz() -> Response:
         """Ready for traffic unless draining; a Redis outage means fail-open, not unready."""
+        gw = ref()
         redis_ok = await gw.redis_ok()
         ready = not gw.draining
         body = {
@@ -451,8 +449,9 @@ def create_app(
     async def health() -> Response:
         """The seed format (SPEC §9): breaker state per provider, Redis, the ledger; plus the
         models and chains."""
+        gw = ref()
         redis_ok = await gw.redis_ok()
-        board = breakers()
+        board = gw.breakers
         ledger = gw.ledger_state()
         db_ok = await ledger_db.ping(gw.engine) if gw.engine is not None else False
         models = {
@@ -484,15 +483,16 @@ def create_app(
     @app.get("/metrics")
     async def metrics() -> Response:
         """Prometheus exposition, merged over every worker process."""
+        gw = ref()
         if gw.ledger is not None:
-            gw.metrics.buffer_len.set(gw.ledger.pending)
-            gw.metrics.wal_size.set(gw.ledger.wal_size_bytes)
-        for name in breakers().names:
-            gw.metrics.breaker(name, breakers().state(name).state)
-        return Response(gw.metrics.render(), media_type=gw.metrics.content_type)
+            exporter.buffer_len.set(gw.ledger.pending)
+            exporter.wal_size.set(gw.ledger.wal_size_bytes)
+        for name in gw.breakers.names:
+            exporter.breaker(name, gw.breakers.state(name).state)
+        return Response(exporter.render(), media_type=exporter.content_type)
 
-    app.include_router(resilience_routes(gw))
-    app.include_router(llm_routes(gw))
+    app.include_router(resilience_routes(settings, ref))
+    app.include_router(llm_routes(settings, ref))
 
     # The request path is served by plain Starlette routes: FastAPI's per-route wrapper (dependency
     # solving, exit stacks, response validation) cost ~20% of throughput in bench/run.py, and these

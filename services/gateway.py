@@ -14,11 +14,11 @@ import redis.asyncio as aioredis
 from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.api.auth import KeyRing
 from services.api.rate_limit import RateLimiter
 from services.capacity.replicas import ReplicaRouting
 from services.capacity.state import LoadReporter
 from services.config import Deployment, Settings
+from services.errors import GatewayError
 from services.ledger.runtime import LedgerRuntime, LedgerState
 from services.ledger.switches import OperatorSwitches
 from services.ledger.usage import UsageRecorder
@@ -37,58 +37,58 @@ from services.routing.router import Router
 from services.routing.sessions import SessionStore
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Gateway:
-    """Everything a request handler needs; `start` and `close` bracket the app's lifespan."""
+    """Everything a request handler needs, every part built: `open_gateway` makes it, `close`
+    stops its loops and closes its clients."""
 
     settings: Settings
     environ: Mapping[str, str]
-    redis: aioredis.Redis | None = None
-    http: aiohttp.ClientSession | None = None
-    gate: RedisGate | None = None
-    router: Router | None = None
-    executor: ChainExecutor | None = None
-    breakers: BreakerStore | None = None
-    health: HealthMonitor | None = None
-    cache: ResponseCache | None = None
-    stats: FallbackStatistics | None = None
-    sessions: SessionStore | None = None
-    engine: AsyncEngine | None = None
-    ledger: Ledger | None = None
-    ledger_runtime: LedgerRuntime | None = None
-    switches: OperatorSwitches | None = None
-    recorder: UsageRecorder | None = None
-    metrics: Metrics = field(default_factory=Metrics)
+    redis: aioredis.Redis
+    http: aiohttp.ClientSession
+    gate: RedisGate
+    router: Router
+    executor: ChainExecutor
+    breakers: BreakerStore
+    health: HealthMonitor
+    cache: ResponseCache
+    stats: FallbackStatistics
+    sessions: SessionStore
+    limiter: RateLimiter
+    recorder: UsageRecorder
+    # The capacity planner as this process sees it, and its replicas.
+    replicas: ReplicaRouting
+    switches: OperatorSwitches
+    metrics: Metrics
+    load: LoadReporter
     # Deployments an operator switched off (POST /api/llm/providers/{name}/enable): shared with
     # the executor, refreshed from Redis by every process.
-    disabled: set[str] = field(default_factory=set)
-    draining: bool = False
+    disabled: set[str]
     # Every deployment by name, (model, settings): the configured ones, plus the replicas the
     # capacity planner runs (added and dropped as it publishes them).
-    deployment_table: dict[str, tuple[str, Deployment]] = field(default_factory=dict)
-    # The capacity planner as this process sees it, and its replicas (set by `start`).
-    replicas: ReplicaRouting | None = None
-    load: LoadReporter = field(init=False)
-    keys: KeyRing = field(init=False)
-    limiter: RateLimiter | None = None
-    _owns_redis: bool = field(default=False, repr=False)
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
+    deployment_table: dict[str, tuple[str, Deployment]]
+    # None only when the configuration turns the ledger off (`ledger.enabled: false`).
+    ledger_runtime: LedgerRuntime | None
+    owns_redis: bool
+    draining: bool = False
+    tasks: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
 
-    def __post_init__(self) -> None:
-        self.keys = KeyRing.from_env(self.environ)
-        self.deployment_table.update(
-            {name: (model, d) for model, name, d in self.settings.deployments()}
-        )
-        self.load = LoadReporter(self.settings.redis.key_prefix)
+    @property
+    def engine(self) -> AsyncEngine | None:
+        """The ledger's database engine (None with the ledger off)."""
+        return self.ledger_runtime.engine if self.ledger_runtime is not None else None
+
+    @property
+    def ledger(self) -> Ledger | None:
+        """The ledger's WAL-backed buffer (None with the ledger off)."""
+        return self.ledger_runtime.ledger if self.ledger_runtime is not None else None
 
     def planner_view(self) -> dict[str, Any]:
         """The capacity planner as `/health` shows it."""
-        assert self.replicas is not None  # set by `start`, before any request
         return self.replicas.view()
 
     def new_session_selector(self) -> str:
         """What `/initiate_call` pins when the client names nothing."""
-        assert self.replicas is not None
         return self.replicas.new_session_selector()
 
     def ledger_state(self) -> LedgerState | None:
@@ -97,102 +97,15 @@ class Gateway:
 
     async def set_enabled(self, name: str, enabled: bool) -> None:
         """Switch a deployment on or off, everywhere (services/ledger/switches.py)."""
-        assert self.switches is not None  # set by `start`, before any request
         await self.switches.set_enabled(name, enabled)
-
-    async def refresh_disabled(self) -> None:
-        """Take the operators' switches from Redis."""
-        if self.switches is not None:
-            await self.switches.refresh()
 
     def start_draining(self) -> None:
         """Shutdown has begun: /readyz answers 503 from now on."""
         self.draining = True
 
-    async def start(self) -> None:
-        """Open the Redis client and the upstream pool, build the pipeline, start its loops."""
-        settings, resilience = self.settings, self.settings.resilience
-        if self.redis is None:
-            self.redis = async_client(
-                settings.redis.url, timeout=settings.redis.socket_timeout_seconds
-            )
-            self._owns_redis = True
-        connector = aiohttp.TCPConnector(
-            limit=settings.upstream.max_connections, limit_per_host=0, ttl_dns_cache=300
-        )
-        self.http = aiohttp.ClientSession(
-            connector=connector, skip_auto_headers=("User-Agent",), auto_decompress=True
-        )
-        prefix = settings.redis.key_prefix
-        self.gate = RedisGate(self.redis)
-        providers = build_providers(settings, self.http, self.environ)
-        by_name = {p.name: p for group in providers.values() for p in group}
-        deployments = {name: d for _, name, d in settings.deployments()}
-        self.router = Router(settings, providers)
-        self.breakers = BreakerStore(
-            self.redis,
-            self.gate,
-            {name: settings.breaker_policy(d) for name, d in deployments.items()},
-            prefix=prefix,
-        )
-        self.gate.on_recover(self.breakers.sync)
-        self.health = HealthMonitor(
-            resilience.health,
-            by_name,
-            probed={n for n, d in deployments.items() if d.probe.enabled},
-        )
-        self.cache = ResponseCache(self.redis, self.gate, resilience.cache, prefix=prefix)
-        self.stats = FallbackStatistics(self.redis, self.gate, prefix=prefix)
-        budget = resilience.budget
-        self.executor = ChainExecutor(
-            self.router,
-            settings,
-            breakers=self.breakers,
-            health=self.health,
-            budget=RetryBudget(
-                ratio=budget.ratio,
-                min_per_second=budget.min_per_second,
-                window_seconds=budget.window_seconds,
-            ),
-            cache=self.cache,
-            stats=self.stats,
-            disabled=self.disabled,
-            deployments=self.deployment_table,
-        )
-        self.sessions = SessionStore(
-            self.redis,
-            self.gate,
-            prefix=prefix,
-            ttl_seconds=settings.sessions.ttl_seconds,
-            fallback_selector=settings.sessions.default_selector,
-        )
-        if not await self.gate.check():
-            logger.warning("Redis is not reachable at start: serving fail-open until it is")
-        await self.breakers.sync()
-        if settings.ledger.enabled:
-            self.ledger_runtime = await LedgerRuntime.open(settings)
-            self.engine, self.ledger = self.ledger_runtime.engine, self.ledger_runtime.ledger
-        self.replicas = ReplicaRouting(
-            settings,
-            self.environ,
-            router=self.router,
-            breakers=self.breakers,
-            health=self.health,
-            http=self.http,
-            deployment_table=self.deployment_table,
-            metrics=self.metrics,
-            load=self.load,
-            build_provider=build_provider,
-        )
-        self.limiter = RateLimiter(self.redis, self.gate, settings.api.rate_limit, prefix=prefix)
-        self.recorder = UsageRecorder(
-            settings, self.ledger, self.metrics, self.deployment_table, self.load, self.limiter
-        )
-        self.switches = OperatorSwitches(
-            self.redis, self.gate, self.engine, self.disabled, prefix=prefix
-        )
-        await self.switches.refresh()
-        interval = resilience.sync_interval_seconds
+    def start_loops(self) -> None:
+        """Run the background loops that keep the parts in step with Redis and the database."""
+        interval = self.settings.resilience.sync_interval_seconds
         loops = [
             self.gate.watch(),
             self.breakers.run(interval),
@@ -204,15 +117,7 @@ class Gateway:
         if self.ledger is not None:
             loops.append(self.ledger.run())
         for loop in loops:
-            self._tasks.append(
-                asyncio.create_task(loop, name=getattr(loop, "__qualname__", "loop"))
-            )
-        logger.info(
-            "gateway ready: {} models, {} chains, {} deployments",
-            len(settings.models),
-            len(settings.chains),
-            len(deployments),
-        )
+            self.tasks.append(asyncio.create_task(loop, name=getattr(loop, "__qualname__", "loop")))
 
     async def _housekeeping(self, interval: float) -> None:
         """Operator switches, gauges and health snapshots, on the sync interval."""
@@ -220,52 +125,181 @@ class Gateway:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
-            await self.refresh_disabled()
-            assert self.replicas is not None
-            assert self.redis is not None
-            assert self.gate is not None
+            await self.switches.refresh()
             await self.replicas.sync(self.redis, self.gate)
-            if self.limiter is not None:
-                await self.limiter.flush()
-            assert self.breakers is not None
+            await self.limiter.flush()
             for name in self.breakers.names:
                 self.metrics.breaker(name, self.breakers.state(name).state)
-            if self.ledger is not None:
-                self.metrics.buffer_len.set(self.ledger.pending)
-                self.metrics.wal_size.set(self.ledger.wal_size_bytes)
+            runtime = self.ledger_runtime
+            if runtime is not None:
+                self.metrics.buffer_len.set(runtime.ledger.pending)
+                self.metrics.wal_size.set(runtime.ledger.wal_size_bytes)
                 if loop.time() - last_snapshot >= self.settings.ledger.health_snapshot_seconds:
                     last_snapshot = loop.time()
-                    assert self.health is not None
-                    if self.ledger_runtime is not None:
-                        await self.ledger_runtime.snapshot_health(self.breakers, self.health)
+                    await runtime.snapshot_health(self.breakers, self.health)
 
     async def close(self) -> None:
         """Stop the loops, flush the ledger, write what is pending to Redis, close clients."""
-        for task in self._tasks:
+        for task in self.tasks:
             task.cancel()
         # Bounded: a loop that does not end on cancellation must not hold the process hostage
         # (a worker once hung here under load; the names and stacks say which loop it was).
-        _, stuck = await asyncio.wait(self._tasks, timeout=5) if self._tasks else (set(), set())
+        _, stuck = await asyncio.wait(self.tasks, timeout=5) if self.tasks else (set(), set())
         for task in stuck:
             logger.error("background loop {} did not stop on cancellation: {}", task.get_name(),
                          "; ".join(str(frame) for frame in task.get_stack()))  # fmt: skip
-        self._tasks.clear()
+        self.tasks.clear()
         if self.ledger_runtime is not None:
             await self.ledger_runtime.close()
-        for flush in (
-            self.cache.flush if self.cache else None,
-            self.stats.flush if self.stats else None,
-            self.breakers.sync if self.breakers else None,
-        ):
-            if flush is not None:
-                await flush()
-        if self.http is not None:
-            await self.http.close()
-        if self.redis is not None and self._owns_redis:
+        await self.cache.flush()
+        await self.stats.flush()
+        await self.breakers.sync()
+        await self.http.close()
+        if self.owns_redis:
             await self.redis.aclose()
 
     async def redis_ok(self) -> bool:
         """Whether Redis is in use and answers PING now (a failure switches to fail-open)."""
-        if self.gate is None or not self.gate.available:
+        if not self.gate.available:
             return False
         return await self.gate.check()
+
+
+async def open_gateway(
+    settings: Settings,
+    environ: Mapping[str, str],
+    *,
+    metrics: Metrics,
+    redis: aioredis.Redis | None = None,
+) -> Gateway:
+    """Open the Redis client and the upstream pool, build every part, start the loops."""
+    resilience = settings.resilience
+    owns_redis = redis is None
+    if redis is None:
+        redis = async_client(settings.redis.url, timeout=settings.redis.socket_timeout_seconds)
+    connector = aiohttp.TCPConnector(
+        limit=settings.upstream.max_connections, limit_per_host=0, ttl_dns_cache=300
+    )
+    http = aiohttp.ClientSession(
+        connector=connector, skip_auto_headers=("User-Agent",), auto_decompress=True
+    )
+    prefix = settings.redis.key_prefix
+    gate = RedisGate(redis)
+    providers = build_providers(settings, http, environ)
+    by_name = {p.name: p for group in providers.values() for p in group}
+    deployments = {name: d for _, name, d in settings.deployments()}
+    table = {name: (model, d) for model, name, d in settings.deployments()}
+    disabled: set[str] = set()
+    load = LoadReporter(prefix)
+    router = Router(settings, providers)
+    breakers = BreakerStore(
+        redis,
+        gate,
+        {name: settings.breaker_policy(d) for name, d in deployments.items()},
+        prefix=prefix,
+    )
+    gate.on_recover(breakers.sync)
+    health = HealthMonitor(
+        resilience.health,
+        by_name,
+        probed={n for n, d in deployments.items() if d.probe.enabled},
+    )
+    cache = ResponseCache(redis, gate, resilience.cache, prefix=prefix)
+    stats = FallbackStatistics(redis, gate, prefix=prefix)
+    budget = resilience.budget
+    executor = ChainExecutor(
+        router,
+        settings,
+        breakers=breakers,
+        health=health,
+        budget=RetryBudget(
+            ratio=budget.ratio,
+            min_per_second=budget.min_per_second,
+            window_seconds=budget.window_seconds,
+        ),
+        cache=cache,
+        stats=stats,
+        disabled=disabled,
+        deployments=table,
+    )
+    sessions = SessionStore(
+        redis,
+        gate,
+        prefix=prefix,
+        ttl_seconds=settings.sessions.ttl_seconds,
+        fallback_selector=settings.sessions.default_selector,
+    )
+    if not await gate.check():
+        logger.warning("Redis is not reachable at start: serving fail-open until it is")
+    await breakers.sync()
+    ledger_runtime = await LedgerRuntime.open(settings) if settings.ledger.enabled else None
+    replicas = ReplicaRouting(
+        settings,
+        environ,
+        router=router,
+        breakers=breakers,
+        health=health,
+        http=http,
+        deployment_table=table,
+        metrics=metrics,
+        load=load,
+        build_provider=build_provider,
+    )
+    limiter = RateLimiter(redis, gate, settings.api.rate_limit, prefix=prefix)
+    ledger = ledger_runtime.ledger if ledger_runtime is not None else None
+    recorder = UsageRecorder(settings, ledger, metrics, table, load, limiter)
+    engine = ledger_runtime.engine if ledger_runtime is not None else None
+    switches = OperatorSwitches(redis, gate, engine, disabled, prefix=prefix)
+    await switches.refresh()
+    gateway = Gateway(
+        settings=settings,
+        environ=environ,
+        redis=redis,
+        http=http,
+        gate=gate,
+        router=router,
+        executor=executor,
+        breakers=breakers,
+        health=health,
+        cache=cache,
+        stats=stats,
+        sessions=sessions,
+        limiter=limiter,
+        recorder=recorder,
+        replicas=replicas,
+        switches=switches,
+        metrics=metrics,
+        load=load,
+        disabled=disabled,
+        deployment_table=table,
+        ledger_runtime=ledger_runtime,
+        owns_redis=owns_redis,
+    )
+    gateway.start_loops()
+    logger.info(
+        "gateway ready: {} models, {} chains, {} deployments",
+        len(settings.models),
+        len(settings.chains),
+        len(deployments),
+    )
+    return gateway
+
+
+class GatewayRef:
+    """The app's gateway once its lifespan has opened it (routes are built before that)."""
+
+    __slots__ = ("_gateway",)
+
+    def __init__(self) -> None:
+        self._gateway: Gateway | None = None
+
+    def set(self, gateway: Gateway | None) -> None:
+        """The lifespan opened (or closed) the gateway."""
+        self._gateway = gateway
+
+    def __call__(self) -> Gateway:
+        """The open gateway; uvicorn serves no request before the lifespan has opened it."""
+        gateway = self._gateway
+        if gateway is None:
+            raise GatewayError("the gateway is starting or stopping", status=503, code="starting")
+        return gateway

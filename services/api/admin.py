@@ -19,35 +19,24 @@ import orjson
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from services.config import TIERS
+from services.config import TIERS, Settings
 from services.errors import NotFound
-from services.gateway import Gateway
+from services.gateway import GatewayRef
 from services.resilience.breaker import OPEN
-from services.resilience.breaker_store import BreakerStore
-from services.resilience.fallback_stats import FallbackStatistics
-from services.resilience.health_monitor import HealthMonitor
 
 
 def _json(data: Any) -> Response:
     return Response(orjson.dumps(data), media_type="application/json")
 
 
-def _started(gw: Gateway) -> tuple[BreakerStore, HealthMonitor, FallbackStatistics]:
-    """The gateway's parts, which exist once its lifespan has started (before any request)."""
-    if gw.breakers is None or gw.health is None or gw.stats is None:
-        raise RuntimeError("the gateway has not started")
-    return gw.breakers, gw.health, gw.stats
-
-
-def resilience_routes(gw: Gateway) -> APIRouter:
+def resilience_routes(settings: Settings, ref: GatewayRef) -> APIRouter:
     """The routes, reading the gateway's breakers, health monitor and statistics."""
     routes = APIRouter()
-    settings = gw.settings
-    deployments = gw.deployment_table  # live: includes the capacity planner's replicas
 
     def breaker_view(name: str) -> dict[str, Any]:
-        board, health, _ = _started(gw)
-        model, deployment = deployments[name]
+        gw = ref()
+        board, health = gw.breakers, gw.health
+        model, deployment = gw.deployment_table[name]  # live: planner replicas included
         policy = board.policy(name)
         state = board.state(name)
         now = time.time()
@@ -78,7 +67,7 @@ def resilience_routes(gw: Gateway) -> APIRouter:
     @routes.get("/circuit-breakers")
     async def circuit_breakers() -> Response:
         """Every deployment's breaker (state, window, totals) and passive/active health."""
-        board, _, _ = _started(gw)
+        board = ref().breakers
         shared = await board.sync()
         return _json(
             {
@@ -90,8 +79,8 @@ def resilience_routes(gw: Gateway) -> APIRouter:
     @routes.post("/circuit-breakers/{name}/reset")
     async def reset_breaker(name: str) -> Response:
         """Close a deployment's breaker by hand, for every API process."""
-        board, _, _ = _started(gw)
-        if name not in deployments:
+        board = ref().breakers
+        if name not in ref().deployment_table:
             raise NotFound(f"no deployment named '{name}'", code="deployment_not_found")
         await board.reset(name)
         return _json({"name": name, **breaker_view(name)})
@@ -99,10 +88,11 @@ def resilience_routes(gw: Gateway) -> APIRouter:
     @routes.get("/api/admin/fallback/queue")
     async def fallback_queue() -> Response:
         """Each chain's steps in order; for models, their deployments and whether usable now."""
-        board, health, _ = _started(gw)
+        gw = ref()
+        board, health = gw.breakers, gw.health
         await board.sync()
         by_model: dict[str, list[str]] = {}
-        for name, (model, _) in deployments.items():
+        for name, (model, _) in gw.deployment_table.items():
             by_model.setdefault(model, []).append(name)
 
         def step(name: str) -> dict[str, Any]:
@@ -139,12 +129,12 @@ def resilience_routes(gw: Gateway) -> APIRouter:
     @routes.get("/api/admin/fallback/statistics")
     async def fallback_statistics() -> Response:
         """Requests per tier and per model, attempts, retries, budget and deadline cut-offs."""
-        return _json(await _started(gw)[2].read())
+        return _json(await ref().stats.read())
 
     @routes.post("/api/admin/fallback/reset-statistics")
     async def reset_statistics() -> Response:
         """Zero the fallback statistics of every process."""
-        stats = _started(gw)[2]
+        stats = ref().stats
         await stats.reset()
         return _json({"reset": True, **(await stats.read())})
 

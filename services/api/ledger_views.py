@@ -27,9 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from services.config import MODEL_NAME_RE
+from services.config import MODEL_NAME_RE, Settings
 from services.errors import InvalidRequest, LedgerUnavailable, NotFound
-from services.gateway import Gateway
+from services.gateway import GatewayRef
 from services.ledger import db as ledger_db
 from services.ledger.costs import cost_nanousd, savings, usd
 from services.ledger.wal import UsageRecord, record_id
@@ -69,17 +69,16 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
-def llm_routes(gw: Gateway) -> APIRouter:
+def llm_routes(settings: Settings, ref: GatewayRef) -> APIRouter:
     """The `/api/llm` routes over the gateway's ledger."""
     routes = APIRouter(prefix="/api/llm")
-    settings = gw.settings
-    deployments = gw.deployment_table  # live: includes the capacity planner's replicas
     reference = settings.ledger.reference_pricing
 
     def engine() -> Any:
-        if gw.engine is None:
+        engine = ref().engine
+        if engine is None:
             raise LedgerUnavailable("the usage ledger is disabled (ledger.enabled: false)")
-        return gw.engine
+        return engine
 
     async def query(coro: Any) -> Any:
         try:
@@ -88,19 +87,19 @@ def llm_routes(gw: Gateway) -> APIRouter:
             raise LedgerUnavailable("the ledger database cannot be reached") from exc
 
     def known(provider: str) -> None:
-        if provider not in deployments:
+        if provider not in ref().deployment_table:  # live: planner replicas included
             raise NotFound(f"no provider named '{provider}'", code="provider_not_found")
 
     @routes.get("/providers")
     async def providers() -> Response:
         """The provider registry (priority, enabled, breaker settings) with live state."""
         rows = await query(ledger_db.provider_rows(engine()))
+        gw = ref()
         for row in rows:
             name = row["name"]
             row["updated_at"] = row["updated_at"].isoformat()
-            if gw.breakers is not None and name in deployments:
+            if name in gw.deployment_table:
                 row["breaker_state"] = gw.breakers.state(name).state
-            if gw.health is not None and name in deployments:
                 row["healthy"] = gw.health.healthy(name)
             row["enabled"] = row["enabled"] and name not in gw.disabled
         return _json({"providers": rows})
@@ -216,7 +215,8 @@ def llm_routes(gw: Gateway) -> APIRouter:
     @routes.post("/record", status_code=201)
     async def record(usage: ExternalUsage) -> Response:
         """Count usage that happened outside the gateway (priced from config unless given)."""
-        if gw.ledger is None:
+        ledger = ref().ledger
+        if ledger is None:
             raise LedgerUnavailable("the usage ledger is disabled (ledger.enabled: false)")
         when = usage.timestamp or datetime.now(UTC)
         if when.tzinfo is None:
@@ -240,19 +240,20 @@ def llm_routes(gw: Gateway) -> APIRouter:
             local=usage.local or bool(model and model.local), ts=when.timestamp(),
             id=record_id(when.timestamp()),  # ids carry their time: window queries use them
         )  # fmt: skip
-        gw.ledger.append([entry])
+        ledger.append([entry])
         return _json({"recorded": True, "id": entry.id, "cost_usd": usd(cost)}, 201)
 
     @routes.post("/providers/{name}/enable")
     async def enable(name: str, body: EnableRequest) -> Response:
         """Switch a provider on or off; routing follows at once here, within a sync elsewhere."""
         known(name)
-        await gw.set_enabled(name, body.enabled)
+        await ref().set_enabled(name, body.enabled)
         return _json({"name": name, "enabled": body.enabled})
 
     @routes.get("/health")
     async def health() -> Response:
         """The ledger: database reachable, buffer, WAL, last flush and last write."""
+        gw = ref()
         ledger = gw.ledger_state()
         if ledger is None or gw.engine is None or gw.ledger is None:
             return _json({"enabled": False})
