@@ -51,7 +51,7 @@ from services.errors import (
 )
 from services.gateway import GatewayRef, open_gateway
 from services.ledger import db as ledger_db
-from services.ledger.usage import UsageRecorder, answer_chars
+from services.ledger.usage import answer_chars
 from services.platform.logs import (
     AccessLog,
     configure_logging,
@@ -62,7 +62,6 @@ from services.platform.metrics import Metrics
 from services.platform.request_context import caller_var, new_request_id, request_id_var
 from services.providers.base import Json
 from services.resilience.breaker_store import BreakerStore
-from services.routing.executor import ChainExecutor
 from services.routing.outcomes import Routed, RoutedStream
 from services.routing.router import Router
 from services.routing.sessions import SessionStore
@@ -264,12 +263,6 @@ def create_app(
     def sessions() -> SessionStore:
         return ref().sessions
 
-    def executor() -> ChainExecutor:
-        return ref().executor
-
-    def recorder() -> UsageRecorder:
-        return ref().recorder
-
     def breakers() -> BreakerStore:
         return ref().breakers
 
@@ -358,15 +351,17 @@ def create_app(
         """Walk the chain, record the request in the ledger, answer JSON or SSE."""
         started = time.perf_counter()
         turn = Turn(payload, request_id_var.get(), session_id, selector, started)
-        ref().load.begin()  # the recorder's answered/failed ends it
+        gw = ref()
+        executor, recorder = gw.executor, gw.recorder
+        gw.load.begin()  # the recorder's answered/failed ends it
         try:
             routed: Routed | RoutedStream = await (
-                executor().open_stream(selector, payload)
+                executor.open_stream(selector, payload)
                 if stream
-                else executor().complete(selector, payload)
+                else executor.complete(selector, payload)
             )
         except GatewayError as exc:
-            recorder().failed(
+            recorder.failed(
                 exc.attempt_log,
                 status=exc.status,
                 error=exc.code or exc.type,
@@ -386,8 +381,8 @@ def create_app(
                     routed,
                     extra,
                     wants_usage,
-                    executor(),
-                    recorder(),
+                    executor,
+                    recorder,
                     turn,
                     resume=resilience.stream_resume,
                     max_continuations=resilience.max_continuations,
@@ -396,7 +391,7 @@ def create_app(
                 headers={**SSE_HEADERS, **headers},
             )
         body = routed.body
-        recorder().answered(
+        recorder.answered(
             routed,
             request=payload,
             request_id=turn.request_id,
