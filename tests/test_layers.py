@@ -32,6 +32,7 @@ KNOWN_EXCEPTIONS = {
     ("services.ledger.usage", "services.api.rate_limit"),
     ("services.api.admin", "services.gateway"),
     ("services.api.ledger_views", "services.gateway"),
+    ("services.api.ops", "services.gateway"),
 }
 
 
