@@ -31,6 +31,7 @@ from services.api.auth import KeyRing
 from services.api.ledger_views import llm_routes
 from services.api.middleware import RequestContextMiddleware
 from services.api.ops import ops_routes
+from services.api.responses import JSON, json_response
 from services.api.schemas import (
     CHAT_COMPLETION,
     INITIATE_CALL,
@@ -67,7 +68,6 @@ from services.routing.router import Router
 from services.routing.sessions import SessionStore
 
 T = TypeVar("T")
-JSON = "application/json"
 SESSION_ONLY_KEYS = frozenset({"session_id", "message", "model"})
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 ERROR_ENVELOPE_SCHEMA = {
@@ -107,13 +107,6 @@ COMMON_ERROR_RESPONSES = {
     "503": "A dependency (the ledger database) is unavailable",
 }
 PLAIN_TEXT_ENDPOINTS = {"/metrics": "Prometheus text exposition format"}
-
-
-def json_response(
-    data: Any, status: int = 200, headers: Mapping[str, str] | None = None
-) -> Response:
-    """A JSON response serialised by orjson."""
-    return Response(orjson.dumps(data), status_code=status, headers=headers, media_type=JSON)
 
 
 async def read_json(request: Request, *, allow_empty: bool = False) -> Any:

@@ -15,18 +15,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from services.api.responses import json_response
 from services.config import TIERS, Settings
 from services.errors import NotFound
 from services.gateway import GatewayRef
 from services.resilience.breaker import OPEN
-
-
-def _json(data: Any) -> Response:
-    return Response(orjson.dumps(data), media_type="application/json")
 
 
 def resilience_routes(settings: Settings, ref: GatewayRef) -> APIRouter:
@@ -69,7 +65,7 @@ def resilience_routes(settings: Settings, ref: GatewayRef) -> APIRouter:
         """Every deployment's breaker (state, window, totals) and passive/active health."""
         board = ref().breakers
         shared = await board.sync()
-        return _json(
+        return json_response(
             {
                 "shared": shared,
                 "circuit_breakers": {name: breaker_view(name) for name in board.names},
@@ -83,7 +79,7 @@ def resilience_routes(settings: Settings, ref: GatewayRef) -> APIRouter:
         if name not in ref().deployment_table:
             raise NotFound(f"no deployment named '{name}'", code="deployment_not_found")
         await board.reset(name)
-        return _json({"name": name, **breaker_view(name)})
+        return json_response({"name": name, **breaker_view(name)})
 
     @routes.get("/api/admin/fallback/queue")
     async def fallback_queue() -> Response:
@@ -114,7 +110,7 @@ def resilience_routes(settings: Settings, ref: GatewayRef) -> APIRouter:
             }
 
         chains = {name: [step(s) for s in steps] for name, steps in settings.chain_steps().items()}
-        return _json(
+        return json_response(
             {
                 "default_selector": settings.sessions.default_selector,
                 "chains": chains,
@@ -129,13 +125,13 @@ def resilience_routes(settings: Settings, ref: GatewayRef) -> APIRouter:
     @routes.get("/api/admin/fallback/statistics")
     async def fallback_statistics() -> Response:
         """Requests per tier and per model, attempts, retries, budget and deadline cut-offs."""
-        return _json(await ref().stats.read())
+        return json_response(await ref().stats.read())
 
     @routes.post("/api/admin/fallback/reset-statistics")
     async def reset_statistics() -> Response:
         """Zero the fallback statistics of every process."""
         stats = ref().stats
         await stats.reset()
-        return _json({"reset": True, **(await stats.read())})
+        return json_response({"reset": True, **(await stats.read())})
 
     return routes

@@ -20,13 +20,13 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from services.api.responses import json_response
 from services.config import MODEL_NAME_RE, Settings
 from services.errors import InvalidRequest, LedgerUnavailable, NotFound
 from services.gateway import GatewayRef
@@ -65,10 +65,6 @@ class EnableRequest(BaseModel):
     enabled: bool
 
 
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
 def llm_routes(settings: Settings, ref: GatewayRef) -> APIRouter:
     """The `/api/llm` routes over the gateway's ledger."""
     routes = APIRouter(prefix="/api/llm")
@@ -102,7 +98,7 @@ def llm_routes(settings: Settings, ref: GatewayRef) -> APIRouter:
                 row["breaker_state"] = gw.breakers.state(name).state
                 row["healthy"] = gw.health.healthy(name)
             row["enabled"] = row["enabled"] and name not in gw.disabled
-        return _json({"providers": rows})
+        return json_response({"providers": rows})
 
     @routes.get("/metrics")
     async def metrics(days: Days = 7, provider: str | None = None) -> Response:
@@ -143,7 +139,7 @@ def llm_routes(settings: Settings, ref: GatewayRef) -> APIRouter:
             entry["success_rate"] = (
                 round((attempts - entry["failed_attempts"]) / attempts, 4) if attempts else None
             )
-        return _json({"days": days, "provider": provider, "providers": out})
+        return json_response({"days": days, "provider": provider, "providers": out})
 
     @routes.get("/costs")
     async def costs(days: Days = 30) -> Response:
@@ -165,7 +161,7 @@ def llm_routes(settings: Settings, ref: GatewayRef) -> APIRouter:
             entry["tokens_in"] += r["tokens_in"] or 0
             entry["tokens_out"] += r["tokens_out"] or 0
             entry["local"] = bool(r["local"])
-        return _json(
+        return json_response(
             {
                 "days": days,
                 "total_cost_usd": usd(actual),
@@ -210,7 +206,7 @@ def llm_routes(settings: Settings, ref: GatewayRef) -> APIRouter:
             day["cost_usd"] = usd(day.pop("cost_nanousd", 0))
             for entry in day["providers"].values():
                 entry["cost_usd"] = usd(entry.pop("cost_nanousd"))
-        return _json({"days": days, "daily": [{"day": d, **v} for d, v in by_day.items()]})
+        return json_response({"days": days, "daily": [{"day": d, **v} for d, v in by_day.items()]})
 
     @routes.post("/record", status_code=201)
     async def record(usage: ExternalUsage) -> Response:
@@ -241,14 +237,14 @@ def llm_routes(settings: Settings, ref: GatewayRef) -> APIRouter:
             id=record_id(when.timestamp()),  # ids carry their time: window queries use them
         )  # fmt: skip
         ledger.append([entry])
-        return _json({"recorded": True, "id": entry.id, "cost_usd": usd(cost)}, 201)
+        return json_response({"recorded": True, "id": entry.id, "cost_usd": usd(cost)}, 201)
 
     @routes.post("/providers/{name}/enable")
     async def enable(name: str, body: EnableRequest) -> Response:
         """Switch a provider on or off; routing follows at once here, within a sync elsewhere."""
         known(name)
         await ref().set_enabled(name, body.enabled)
-        return _json({"name": name, "enabled": body.enabled})
+        return json_response({"name": name, "enabled": body.enabled})
 
     @routes.get("/health")
     async def health() -> Response:
@@ -256,9 +252,9 @@ def llm_routes(settings: Settings, ref: GatewayRef) -> APIRouter:
         gw = ref()
         ledger = gw.ledger_state()
         if ledger is None or gw.engine is None or gw.ledger is None:
-            return _json({"enabled": False})
+            return json_response({"enabled": False})
         db_ok = await ledger_db.ping(gw.engine)
-        return _json(
+        return json_response(
             {
                 "enabled": True,
                 "db_ok": db_ok,

@@ -3,21 +3,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import orjson
 from fastapi import APIRouter
 from fastapi.responses import Response
 
 from services import __version__
+from services.api.responses import json_response
 from services.config import Settings
 from services.gateway import GatewayRef
 from services.ledger import db as ledger_db
 from services.platform.metrics import Metrics
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
 def ops_routes(settings: Settings, ref: GatewayRef, exporter: Metrics) -> APIRouter:
@@ -38,12 +32,12 @@ def ops_routes(settings: Settings, ref: GatewayRef, exporter: Metrics) -> APIRou
             for kind, names in (("model", settings.models), ("chain", settings.chains))
             for name in names
         ]
-        return _json({"object": "list", "data": data})
+        return json_response({"object": "list", "data": data})
 
     @routes.get("/livez")
     async def livez() -> Response:
         """The process is alive (the event loop answers)."""
-        return _json({"status": "alive"})
+        return json_response({"status": "alive"})
 
     @routes.get("/readyz")
     async def readyz() -> Response:
@@ -57,7 +51,7 @@ def ops_routes(settings: Settings, ref: GatewayRef, exporter: Metrics) -> APIRou
             "mode": "shared" if redis_ok else "fail-open",
             "draining": gw.draining,
         }
-        return _json(body, 200 if ready else 503)
+        return json_response(body, 200 if ready else 503)
 
     @routes.get("/health")
     async def health() -> Response:
@@ -74,7 +68,7 @@ def ops_routes(settings: Settings, ref: GatewayRef, exporter: Metrics) -> APIRou
         }
         last_write = ledger.last_db_write if ledger is not None else None
         ledger_ok = ledger is None or (db_ok and ledger.writer != "missing")
-        return _json(
+        return json_response(
             {
                 "status": "ok" if redis_ok and ledger_ok else "degraded",
                 "providers": {name: board.state(name).state for name in board.names},

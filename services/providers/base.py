@@ -189,11 +189,6 @@ def error_fields(raw: bytes) -> tuple[str, str | None, str | None]:
     return raw[:300].decode("utf-8", "replace"), None, None
 
 
-def error_detail(raw: bytes) -> str:
-    """The upstream's own error message, shortened, for logs (never sent to clients as-is)."""
-    return error_fields(raw)[0]
-
-
 def upstream_http_error(
     deployment: str,
     status: int,
