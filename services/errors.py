@@ -64,8 +64,6 @@ class GatewayError(FallbackRoutingError):
         if status is not None:
             self.status = status
         self.headers: dict[str, str] = {}
-        # The upstream attempts made before the error, when it ended a chain walk (for the ledger).
-        self.attempt_log: list[Any] = []
 
 
 class InvalidRequest(GatewayError):

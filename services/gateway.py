@@ -7,22 +7,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
 from loguru import logger
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.rate_limit import RateLimiter
 from services.capacity.replicas import ReplicaRouting
 from services.capacity.state import LoadReporter
 from services.config import Deployment, Settings
 from services.errors import GatewayError
-from services.ledger.runtime import LedgerRuntime, LedgerState
+from services.ledger.runtime import LedgerRuntime
 from services.ledger.switches import OperatorSwitches
-from services.ledger.usage import UsageRecorder
-from services.ledger.wal import Ledger
+from services.ledger.usage import LedgerObserver, Metering
 from services.platform.metrics import Metrics
 from services.platform.redis_connection import async_client
 from services.platform.redis_gate import RedisGate
@@ -35,6 +32,8 @@ from services.routing.executor import ChainExecutor
 from services.routing.response_cache import ResponseCache
 from services.routing.router import Router
 from services.routing.sessions import SessionStore
+from services.routing.turn import TurnObserver, Turns
+from services.routing.turn_metrics import TurnMetrics
 
 
 @dataclass(kw_only=True)
@@ -55,7 +54,9 @@ class Gateway:
     stats: FallbackStatistics
     sessions: SessionStore
     limiter: RateLimiter
-    recorder: UsageRecorder
+    # The end of every chat turn: its record (tokens, cost) and the observers that receive it.
+    metering: Metering
+    turns: Turns
     # The capacity planner as this process sees it, and its replicas.
     replicas: ReplicaRouting
     switches: OperatorSwitches
@@ -73,32 +74,6 @@ class Gateway:
     draining: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
 
-    @property
-    def engine(self) -> AsyncEngine | None:
-        """The ledger's database engine (None with the ledger off)."""
-        return self.ledger_runtime.engine if self.ledger_runtime is not None else None
-
-    @property
-    def ledger(self) -> Ledger | None:
-        """The ledger's WAL-backed buffer (None with the ledger off)."""
-        return self.ledger_runtime.ledger if self.ledger_runtime is not None else None
-
-    def planner_view(self) -> dict[str, Any]:
-        """The capacity planner as `/health` shows it."""
-        return self.replicas.view()
-
-    def new_session_selector(self) -> str:
-        """What `/initiate_call` pins when the client names nothing."""
-        return self.replicas.new_session_selector()
-
-    def ledger_state(self) -> LedgerState | None:
-        """What `/health` and `/api/llm/health` say of the ledger; None when it is off."""
-        return self.ledger_runtime.state() if self.ledger_runtime is not None else None
-
-    async def set_enabled(self, name: str, enabled: bool) -> None:
-        """Switch a deployment on or off, everywhere (services/ledger/switches.py)."""
-        await self.switches.set_enabled(name, enabled)
-
     def start_draining(self) -> None:
         """Shutdown has begun: /readyz answers 503 from now on."""
         self.draining = True
@@ -114,8 +89,8 @@ class Gateway:
             self.health.run(),
             self._housekeeping(interval),
         ]
-        if self.ledger is not None:
-            loops.append(self.ledger.run())
+        if self.ledger_runtime is not None:
+            loops.append(self.ledger_runtime.ledger.run())
         for loop in loops:
             self.tasks.append(asyncio.create_task(loop, name=getattr(loop, "__qualname__", "loop")))
 
@@ -157,12 +132,6 @@ class Gateway:
         await self.http.close()
         if self.owns_redis:
             await self.redis.aclose()
-
-    async def redis_ok(self) -> bool:
-        """Whether Redis is in use and answers PING now (a failure switches to fail-open)."""
-        if not self.gate.available:
-            return False
-        return await self.gate.check()
 
 
 async def open_gateway(
@@ -246,8 +215,9 @@ async def open_gateway(
         build_provider=build_provider,
     )
     limiter = RateLimiter(redis, gate, settings.api.rate_limit, prefix=prefix)
-    ledger = ledger_runtime.ledger if ledger_runtime is not None else None
-    recorder = UsageRecorder(settings, ledger, metrics, table, load, limiter)
+    observers: list[TurnObserver] = [TurnMetrics(metrics), load, limiter]
+    if ledger_runtime is not None:
+        observers.insert(0, LedgerObserver(settings, ledger_runtime.ledger, table))
     engine = ledger_runtime.engine if ledger_runtime is not None else None
     switches = OperatorSwitches(redis, gate, engine, disabled, prefix=prefix)
     await switches.refresh()
@@ -265,7 +235,8 @@ async def open_gateway(
         stats=stats,
         sessions=sessions,
         limiter=limiter,
-        recorder=recorder,
+        metering=Metering(settings),
+        turns=Turns(observers),
         replicas=replicas,
         switches=switches,
         metrics=metrics,

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from services.config import RateLimitSettings
 from services.platform.redis_gate import REDIS_ERRORS, RedisGate
+from services.routing.turn import TurnRecord
 
 ADMIT_LUA = """
 local n = redis.call('INCR', KEYS[1])
@@ -73,10 +74,14 @@ class RateLimiter:
             return max(1, math.ceil(left))
         return None
 
-    def spend(self, key_id: str, tokens: int) -> None:
-        """Tokens an answer used; sent to Redis by `flush`."""
+    def turn_started(self) -> None:
+        """Admission happened before the turn (`admit`)."""
+
+    def turn_finished(self, turn: TurnRecord) -> None:
+        """The tokens a turn used count against its caller's budget; sent to Redis by `flush`."""
+        tokens = turn.tokens_in + turn.tokens_out
         if self._settings.tokens_per_minute and tokens > 0:
-            slot = (key_id, self._window()[0])
+            slot = (turn.caller, self._window()[0])
             self._spent[slot] = self._spent.get(slot, 0) + tokens
 
     async def flush(self) -> None:

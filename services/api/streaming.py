@@ -17,31 +17,23 @@ summed over the streams that made the answer.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
 from loguru import logger
 
 from services.errors import UpstreamError, envelope
-from services.ledger.usage import UsageRecorder, estimate_tokens, prompt_chars
 from services.routing.continuation import OverlapFilter
 from services.routing.executor import ChainExecutor
 from services.routing.outcomes import RoutedStream
+from services.routing.turn import estimate_tokens, prompt_chars
 
 Json = dict[str, Any]
 
 
-@dataclass(slots=True)
-class Turn:
-    """What the ledger needs to know about the request being answered."""
-
-    request: Json
-    request_id: str
-    session_id: str | None
-    selector: str
-    started: float
+# Called once when the answer ends: (usage to bill, characters sent, outcome or None for ok).
+Finish = Callable[[Json | None, int, "str | None"], None]
 
 
 class Relay:
@@ -150,8 +142,7 @@ async def sse_body(
     extra: Json,
     wants_usage: bool,
     executor: ChainExecutor,
-    recorder: UsageRecorder,
-    turn: Turn,
+    finish: Finish,
     *,
     resume: bool = True,
     max_continuations: int = 2,
@@ -174,17 +165,7 @@ async def sse_body(
             recorded = True
             routed.malformed += sum(s.malformed for s in streams)
             routed.usage_rejected |= any(s.usage_rejected for s in streams)
-            recorder.answered(
-                routed,
-                request=turn.request,
-                request_id=turn.request_id,
-                session_id=turn.session_id,
-                selector=turn.selector,
-                usage=relay.billable_usage(),
-                chars_out=relay.chars,
-                seconds=time.perf_counter() - turn.started,
-                outcome=outcome,
-            )
+            finish(relay.billable_usage(), relay.chars, outcome)
 
     try:
         while True:
@@ -225,7 +206,7 @@ async def sse_body(
                 stream, head, rest = opened.stream, opened.head, opened.rest
                 streams.append(stream)
         if wants_usage:
-            yield relay.usage_event(turn.request)
+            yield relay.usage_event(routed.request)
         record("continued" if continuations else None)
         yield b"data: [DONE]\n\n"
     finally:

@@ -10,6 +10,7 @@ import aiohttp
 import redis.asyncio as aioredis
 from loguru import logger
 
+from services.capacity.gauges import PlannerGauges
 from services.capacity.state import LoadReporter, PublishedState, Replica, read_state
 from services.config import CapacityModel, Deployment, ScalerSettings, Settings
 from services.platform.metrics import Metrics
@@ -60,7 +61,7 @@ class ReplicaRouting:
         self._health = health
         self._http = http
         self._table = deployment_table
-        self._metrics = metrics
+        self._gauges = metrics.extension("planner", PlannerGauges)
         self._load = load
         self._build = build_provider
         self._replicas: dict[str, Provider] = {}
@@ -113,7 +114,7 @@ class ReplicaRouting:
         except REDIS_ERRORS:
             return  # the gate notices; the last known state stays until Redis answers
         self.apply()
-        self._metrics.planner(self.state)
+        self._gauges.show(self.state)
 
     def apply(self) -> None:
         """Make the routable replicas of the planner's state the router's extra deployments.

@@ -24,6 +24,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from services.capacity.policy import READY, STARTING
+from services.routing.turn import TurnRecord
 
 # Renew or release the lock only if we still own it (never someone else's, after an expiry).
 RENEW_LUA = """
@@ -181,15 +182,16 @@ class LoadReporter:
         self._requests = 0
         self._served: dict[str, int] = {}
 
-    def begin(self) -> None:
+    def turn_started(self) -> None:
+        """A chat turn is in flight (the planner's `inflight` signal)."""
         self.inflight += 1
 
-    def end(self, model: str | None) -> None:
-        """A request finished; `model` answered it (None: nobody did)."""
+    def turn_finished(self, turn: TurnRecord) -> None:
+        """A chat turn ended: counted, and by the model that answered it, if one did."""
         self.inflight -= 1
         self._requests += 1
-        if model is not None:
-            self._served[model] = self._served.get(model, 0) + 1
+        if turn.answered:
+            self._served[turn.model] = self._served.get(turn.model, 0) + 1
 
     async def flush(self, redis: aioredis.Redis) -> None:
         """Add this interval's counts to the shared hash; raises on a Redis error (kept for the

@@ -12,7 +12,8 @@ Labelled children are cached in dicts: `.labels()` costs more than the increment
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -24,9 +25,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from services.capacity.policy import READY, STARTING, STOPPED, STOPPING
-from services.capacity.state import PublishedState
-
+T = TypeVar("T")
 BREAKER_STATE_VALUE = {"closed": 0, "half-open": 1, "open": 2}
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -103,52 +102,15 @@ class Metrics:
         self.sessions = Counter(
             "gateway_sessions_created", "Sessions created or re-pinned.", registry=r
         )
-        # The capacity planner's state as this process last read it from Redis (every worker
-        # reads the same key, so the multiprocess view is the max).
-        self.planner_up = Gauge(
-            "capacity_planner_up", "1 while a capacity planner publishes its state.",
-            registry=r, multiprocess_mode="livemax",
-        )  # fmt: skip
-        self.planner_model_state = Gauge(
-            "capacity_model_state", "1 for the state each managed model is in.",
-            ["model", "state"], registry=r, multiprocess_mode="livemax",
-        )  # fmt: skip
-        self.planner_replicas = Gauge(
-            "capacity_replicas", "Planner-started replicas, by readiness.",
-            ["model", "ready"], registry=r, multiprocess_mode="livemax",
-        )  # fmt: skip
-        self.planner_threshold = Gauge(
-            "capacity_threshold", "Current scale-up threshold, in the signal's unit.",
-            registry=r, multiprocess_mode="livemax",
-        )  # fmt: skip
-        self.planner_signal = Gauge(
-            "capacity_signal", "Last observed value of each planner signal.",
-            ["signal"], registry=r, multiprocess_mode="livemax",
-        )  # fmt: skip
-        self.planner_target = Gauge(
-            "capacity_routing_target", "1 for the selector new sessions are pinned to.",
-            ["selector"], registry=r, multiprocess_mode="livemax",
-        )  # fmt: skip
         self._children: dict[tuple[Any, ...], Any] = {}
-        self._targets: set[str] = set()
+        self._extensions: dict[str, Any] = {}
 
-    def planner(self, state: PublishedState | None) -> None:
-        """Mirror the planner's published state (None: no planner alive)."""
-        self.planner_up.set(0 if state is None else 1)
-        if state is None:
-            return
-        for model, entry in state.models.items():
-            for name in (STOPPED, STARTING, READY, STOPPING):
-                self.planner_model_state.labels(model, name).set(1 if entry.state == name else 0)
-            ready = sum(r.ready for r in entry.replicas)
-            self.planner_replicas.labels(model, "true").set(ready)
-            self.planner_replicas.labels(model, "false").set(len(entry.replicas) - ready)
-        self.planner_threshold.set(state.threshold)
-        for name, value in state.observed.items():
-            self.planner_signal.labels(name).set(value)
-        for selector in {state.target_selector, *self._targets}:
-            self.planner_target.labels(selector).set(1 if selector == state.target_selector else 0)
-        self._targets.add(state.target_selector)
+    def extension(self, name: str, build: Callable[[CollectorRegistry], T]) -> T:
+        """Metrics a higher layer defines (the planner's gauges), registered in this registry
+        once however often the gateway using them is opened."""
+        if name not in self._extensions:
+            self._extensions[name] = build(self.registry)
+        return cast(T, self._extensions[name])
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -171,12 +133,12 @@ class Metrics:
         if counted_failure:
             self._child(self.breaker_failures, deployment).inc()
 
-    def usage(self, model: str, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
-        """Tokens and cost of one answer."""
+    def usage(self, model: str, tokens_in: int, tokens_out: int, cost_nanousd: int) -> None:
+        """Tokens and cost of one answer (the ledger counts nano-dollars; this metric, USD)."""
         # Incremented even by zero, so that every model answering appears in the exposition.
         self._child(self.tokens, model, "input").inc(tokens_in)
         self._child(self.tokens, model, "output").inc(tokens_out)
-        self._child(self.cost, model).inc(cost_usd)
+        self._child(self.cost, model).inc(cost_nanousd / 1e9)
 
     def anomaly(self, deployment: str, kind: str, count: int = 1) -> None:
         """Something an upstream sent that had to be skipped or replaced."""

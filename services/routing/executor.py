@@ -37,6 +37,7 @@ from loguru import logger
 
 from services.config import Deployment, HedgeSettings, RetrySettings, Settings
 from services.errors import (
+    GatewayError,
     UpstreamContentPolicy,
     UpstreamContextLength,
     UpstreamError,
@@ -60,13 +61,21 @@ from services.routing.attempt import (
     watched,
 )
 from services.routing.continuation import continuation_request
-from services.routing.outcomes import Attempt, Opened, Routed, RoutedStream, Walk, exhausted
+from services.routing.outcomes import (
+    Attempt,
+    Failed,
+    Opened,
+    Routed,
+    RoutedStream,
+    Walk,
+    exhausted,
+)
 from services.routing.rejections import rejection_targets
 from services.routing.response_cache import ResponseCache
 from services.routing.router import Candidate, Router
 from services.routing.tiers import ReplayedStream, completion_chunks, degraded_completion
 
-__all__ = ["Attempt", "ChainExecutor", "Opened", "Routed", "RoutedStream"]
+__all__ = ["Attempt", "ChainExecutor", "Failed", "Opened", "Routed", "RoutedStream"]
 
 T = TypeVar("T")
 
@@ -130,10 +139,24 @@ class ChainExecutor:
 
     # -- entry points --------------------------------------------------------------------------
 
-    async def complete(self, selector: str, request: Json) -> Routed:
+    async def complete(self, selector: str, request: Json) -> Routed | Failed:
         """Answer a non-streamed request (read from the upstream as a stream, assembled)."""
-        tiers = self._router.tiers(selector)
         walk = Walk(deadline=self._clock() + self._settings.deadline_seconds)
+        try:
+            return await self._complete(selector, request, walk)
+        except GatewayError as exc:
+            return Failed(exc, tuple(walk.log))
+
+    async def open_stream(self, selector: str, request: Json) -> RoutedStream | Failed:
+        """Answer a streamed request: return once a deployment has produced its first content."""
+        walk = Walk(deadline=self._clock() + self._settings.deadline_seconds)
+        try:
+            return await self._open_stream(selector, request, walk)
+        except GatewayError as exc:
+            return Failed(exc, tuple(walk.log))
+
+    async def _complete(self, selector: str, request: Json, walk: Walk) -> Routed:
+        tiers = self._router.tiers(selector)
         found = await self._walk(selector, request, walk, self._assemble, bounded=True)
         if found is not None:
             (body, stream), candidate, route = found
@@ -160,10 +183,8 @@ class ChainExecutor:
             log=walk.log,
         )
 
-    async def open_stream(self, selector: str, request: Json) -> RoutedStream:
-        """Answer a streamed request: return once a deployment has produced its first content."""
+    async def _open_stream(self, selector: str, request: Json, walk: Walk) -> RoutedStream:
         tiers = self._router.tiers(selector)
-        walk = Walk(deadline=self._clock() + self._settings.deadline_seconds)
 
         async def opened(result: Opened) -> Opened:
             return result
@@ -506,7 +527,6 @@ class ChainExecutor:
             if c.provider.name not in tried
         ]
         if not fresh:
-            error.attempt_log = walk.log
             raise error from failure
         logger.info("{} from {}: trying {}", type(failure).__name__.removeprefix("Upstream"),
                     candidate.model, ", ".join(dict.fromkeys(c.model for c in fresh)))  # fmt: skip
@@ -577,7 +597,6 @@ class ChainExecutor:
             and not isinstance(failure, UpstreamContextLength | UpstreamContentPolicy)
         ):
             rejected = UpstreamRejected(f"{candidate.model} rejected the request: {failure.reason}")
-            rejected.attempt_log = walk.log
             raise rejected from failure
 
     async def _release(self, name: str, probe: bool) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from services.errors import UpstreamError, UpstreamExhausted, UpstreamTimeout
+from services.errors import GatewayError, UpstreamError, UpstreamExhausted, UpstreamTimeout
 from services.providers.base import ChunkStream, Json
 from services.routing.attempt import reason
 from services.routing.router import Candidate
@@ -26,6 +26,11 @@ class Attempt:
     error: str | None = None  # the UpstreamError class, when it failed
     counted: bool = False  # whether the breaker counted it as a failure
     cancelled: bool = False  # a hedge that lost the race (or the attempt it overtook)
+
+    @property
+    def outcome(self) -> str:
+        """ok, cancelled or error (the ledger's and the metrics' label)."""
+        return "ok" if self.ok else "cancelled" if self.cancelled else "error"
 
 
 @dataclass(slots=True, kw_only=True)
@@ -82,6 +87,14 @@ class RoutedStream(Route):
     broken: set[str] = field(default_factory=set)
 
 
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A walk that found no answer: the error the client gets, and the attempts made."""
+
+    error: GatewayError
+    log: tuple[Attempt, ...]
+
+
 @dataclass(slots=True)
 class Walk:
     """One request's progress through its plan."""
@@ -126,5 +139,4 @@ def exhausted(selector: str, walk: Walk) -> UpstreamExhausted:
         )
     error.headers["Retry-After"] = "1"
     error.headers["X-Router-Attempts"] = str(walk.attempts)
-    error.attempt_log = walk.log
     return error

@@ -17,6 +17,7 @@ from services.app import create_app
 from services.config import RateLimitSettings
 from services.platform.logs import AccessLog, configure_logging
 from services.platform.redis_gate import RedisGate
+from services.routing.turn import TurnRecord
 from tests.helpers import GatewayServer, SimProcess, http, openai_model, settings_for
 
 CLIENT_KEY = "fr-client-4f9a1c0e7d2b"
@@ -148,7 +149,9 @@ async def test_limits_recover_in_the_next_window_count_tokens_and_fail_open(
     assert await limiter.admit("k") == 45, "Retry-After: the seconds left in the minute"
     clock.now += 45  # the next minute
     assert await limiter.admit("k") is None, "recovered"
-    limiter.spend("k", 150)
+    limiter.turn_finished(TurnRecord(request_id="r", session_id=None, selector="default",
+                          caller="k", status=200, outcome="ok", model="m", route="primary",
+                          tokens_in=100, tokens_out=50))  # fmt: skip
     await limiter.flush()
     assert await limiter.admit("k") == 60, "tokens used up for this minute"
     gate.mark_down(ConnectionError("redis went away"))

@@ -21,6 +21,7 @@ from services.capacity.policy import READY, STARTING, Role
 from services.capacity.scalers import Scaler, SimulatedScaler
 from services.capacity.state import LoadReporter, PublishedState, keys, read_load, read_state
 from services.config import ScalerSettings, Settings
+from services.routing.turn import TurnRecord
 
 
 class Clock:
@@ -138,9 +139,9 @@ async def test_api_load_counters_add_up_and_forget_silent_processes(
     two._process = "other-host:1"  # two API processes
     for reporter, model in ((one, "small-model"), (two, "large-model")):
         for _ in range(3):
-            reporter.begin()
-        reporter.end(model)
-        reporter.end(None)  # a request that failed
+            reporter.turn_started()
+        reporter.turn_finished(turn(model, "primary"))
+        reporter.turn_finished(turn("default", None))  # a request that failed
     await one.flush(aredis)
     await two.flush(aredis)
     await one.flush(aredis)  # nothing new: adds nothing
@@ -149,6 +150,13 @@ async def test_api_load_counters_add_up_and_forget_silent_processes(
     assert load.served == {"small-model": 1, "large-model": 1}
     later = await read_load(aredis, "fr:", now=time.time() + 60, stale_after=30)
     assert later.inflight == 0, "in-flight counts of processes silent for long are ignored"
+
+
+def turn(model: str, route: str | None) -> TurnRecord:
+    """A finished turn answered by `model` on `route` (None: it failed)."""
+    return TurnRecord(request_id="r", session_id=None, selector="default", caller="k",
+                      status=200 if route else 503, outcome="ok" if route else "failed",
+                      model=model, route=route)  # fmt: skip
 
 
 def test_published_state_that_is_not_understood_is_ignored() -> None:

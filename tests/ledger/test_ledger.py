@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -14,14 +12,6 @@ from services.ledger import db as ledger_db
 from services.ledger.db import daily_costs, make_engine, migrate, records
 from services.ledger.wal import Ledger, UsageRecord, decode, encode
 from services.ledger.writer import LedgerWriter, read_status
-
-
-@pytest.fixture
-async def engine(database_url: str, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    eng = make_engine(database_url)
-    await migrate(eng, tmp_path / "lock")
-    yield eng
-    await eng.dispose()
 
 
 def request(n: int, **kw: object) -> UsageRecord:

@@ -24,7 +24,7 @@ from services.resilience.breaker_store import BreakerStore
 from services.resilience.fallback_stats import FallbackStatistics
 from services.resilience.health_monitor import HealthMonitor
 from services.resilience.retry_budget import RetryBudget
-from services.routing.executor import ChainExecutor
+from services.routing.executor import ChainExecutor, Failed
 from services.routing.response_cache import ResponseCache
 from services.routing.router import Router
 
@@ -184,9 +184,12 @@ async def test_retry_after_longer_than_allowed_is_not_waited(redis_conn: aioredi
     clock = Time()
     only = Scripted("only", [UpstreamHTTPError("only", 429, "later", retry_after=60.0), None])
     executor, _ = build(redis_conn, {"only": only}, clock)
-    with pytest.raises(UpstreamExhausted) as caught:
-        await executor.complete("bare", REQUEST)
-    assert caught.value.status == 503 and clock.sleeps == [] and only.calls == 1
+    failed = await executor.complete("bare", REQUEST)
+    assert isinstance(failed, Failed) and isinstance(failed.error, UpstreamExhausted)
+    assert failed.error.status == 503 and clock.sleeps == [] and only.calls == 1
+    assert [(a.deployment, a.ok, a.status) for a in failed.log] == [("only:0", False, 429)], (
+        "the walk's attempt log comes back with the failure"
+    )
 
 
 async def test_backoff_that_would_pass_the_deadline_is_not_taken(
@@ -196,8 +199,8 @@ async def test_backoff_that_would_pass_the_deadline_is_not_taken(
     clock = Time()
     only = Scripted("only", [UpstreamHTTPError("only", 503, "busy", retry_after=4.0), None])
     executor, _ = build(redis_conn, {"only": only}, clock, deadline_seconds=3)
-    with pytest.raises(UpstreamExhausted):
-        await executor.complete("bare", REQUEST)
+    failed = await executor.complete("bare", REQUEST)
+    assert isinstance(failed, Failed) and isinstance(failed.error, UpstreamExhausted)
     assert clock.sleeps == [] and only.calls == 1
 
 

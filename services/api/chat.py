@@ -1,0 +1,286 @@
+"""The request path (SPEC §5): sessions and chat turns.
+
+    POST /initiate_call          create or re-pin a session
+    POST /chat_completions       a session's chat turn, routed by its pinned selector
+    POST /v1/chat/completions    OpenAI-compatible; `X-Session-ID` pins like a session
+
+Handlers read the raw body and validate it with the schemas themselves: the raw dict is what gets
+forwarded upstream (unknown OpenAI parameters included), and orjson parsing plus one pydantic
+validation is the cheapest correct path. They are plain Starlette routes (`chat_routes`): FastAPI's
+per-route wrapper (dependency solving, exit stacks, response validation) cost ~20% of throughput
+in bench/run.py and these handlers use none of it; services/api/openapi.py documents them.
+
+Each handler receives the parts it reads (`ChatParts`) through a callable, because the gateway
+is opened by the app's lifespan, after the routes exist.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+import orjson
+from fastapi import Request
+from fastapi.responses import Response, StreamingResponse
+from loguru import logger
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from starlette.routing import Route
+
+from services.api import input_limits
+from services.api.rate_limit import RateLimiter
+from services.api.responses import JSON, json_response
+from services.api.schemas import (
+    CHAT_COMPLETION,
+    INITIATE_CALL,
+    SESSION_CHAT,
+    ChatCompletionRequest,
+    InitiateCallRequest,
+    SessionChatRequest,
+)
+from services.api.streaming import sse_body
+from services.capacity.replicas import ReplicaRouting
+from services.config import Settings
+from services.errors import InvalidRequest, NotFound, RateLimited, SchemaError
+from services.ledger.usage import Metering, TurnStart
+from services.platform.metrics import Metrics
+from services.platform.request_context import caller_var, new_request_id, request_id_var
+from services.routing.executor import ChainExecutor
+from services.routing.outcomes import Failed, RoutedStream
+from services.routing.router import Router
+from services.routing.sessions import SessionStore
+from services.routing.turn import Turns, answer_chars
+
+T = TypeVar("T")
+Json = dict[str, Any]
+SESSION_ONLY_KEYS = frozenset({"session_id", "message", "model"})
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class ChatParts(Protocol):
+    """What the chat handlers read of the gateway (services/gateway.py provides it)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def router(self) -> Router: ...
+    @property
+    def sessions(self) -> SessionStore: ...
+    @property
+    def executor(self) -> ChainExecutor: ...
+    @property
+    def limiter(self) -> RateLimiter: ...
+    @property
+    def metering(self) -> Metering: ...
+    @property
+    def turns(self) -> Turns: ...
+    @property
+    def replicas(self) -> ReplicaRouting: ...
+    @property
+    def metrics(self) -> Metrics: ...
+
+
+Parts = Callable[[], ChatParts]
+
+
+async def read_json(request: Request, *, allow_empty: bool = False) -> Any:
+    """The parsed body; 400 for an empty (unless allowed) or malformed one."""
+    raw = await request.body()
+    if not raw.strip():
+        if allow_empty:
+            return {}
+        raise InvalidRequest("the request body is empty; send a JSON object", code="empty_body")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(
+            "the request body is not valid JSON (UTF-8, nesting at most 1024 levels)",
+            code="invalid_json",
+        ) from exc
+
+
+def validate(adapter: TypeAdapter[T], data: Any) -> T:
+    """Validate against a schema; 422 naming each bad field (never echoing the bad value)."""
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+            for err in exc.errors()[:5]
+        ]
+        raise SchemaError("; ".join(problems)) from exc
+
+
+def router_headers(model: str, attempts: int, fallback: str) -> dict[str, str]:
+    """The headers that say how a routed answer was obtained."""
+    return {
+        "X-Router-Model": model,
+        "X-Router-Attempts": str(attempts),
+        "X-Router-Fallback": fallback,
+    }
+
+
+def known_selector(chat: ChatParts, name: str) -> str:
+    """`name` if it is a configured model or chain, else 404."""
+    if not chat.router.knows(name):
+        raise NotFound(f"The model or chain '{name}' does not exist", code="model_not_found")
+    return name
+
+
+def usable_selector(chat: ChatParts, pinned: str) -> str:
+    """A session's pinned selector, or the default when the configuration dropped it."""
+    if chat.router.knows(pinned):
+        return pinned
+    default = chat.settings.sessions.default_selector
+    logger.warning(
+        "session pinned to '{}', which is no longer configured; using '{}'", pinned, default
+    )
+    return default
+
+
+def check_messages(chat: ChatParts, messages: list[Any]) -> None:
+    """400 for a conversation over the configured size limits."""
+    api = chat.settings.api
+    input_limits.check_messages(
+        messages, max_messages=api.max_messages, max_content_chars=api.max_content_chars
+    )
+
+
+async def within_rate_limit(chat: ChatParts) -> None:
+    """429 with Retry-After when the caller's key is over its per-minute limits."""
+    if retry_after := await chat.limiter.admit(caller_var.get()):
+        raise RateLimited(retry_after)
+
+
+async def initiate_call(request: Request, parts: Parts) -> Response:
+    """Create or re-pin a session to a model or chain (default: the current routing target)."""
+    chat = parts()
+    body = validate(INITIATE_CALL, await read_json(request, allow_empty=True))
+    selector = (
+        known_selector(chat, body.model) if body.model else chat.replicas.new_session_selector()
+    )
+    session_id = body.session_id or new_request_id() + new_request_id()
+    await chat.sessions.pin(session_id, selector)
+    chat.metrics.sessions.inc()
+    return json_response(
+        {"session_id": session_id, "model": selector, "expires_in": chat.sessions.ttl_seconds}
+    )
+
+
+async def chat_completions(request: Request, parts: Parts) -> Response:
+    """A session's chat turn, routed by its pinned selector (or a one-off `model` override)."""
+    chat = parts()
+    await within_rate_limit(chat)
+    raw = await read_json(request)
+    body = validate(SESSION_CHAT, raw)
+    pinned = await chat.sessions.selector(body.session_id)
+    if pinned is None:
+        raise NotFound(
+            f"session '{body.session_id}' does not exist or has expired; call /initiate_call",
+            code="session_not_found",
+        )
+    selector = known_selector(chat, body.model) if body.model else usable_selector(chat, pinned)
+    payload = {k: v for k, v in raw.items() if k not in SESSION_ONLY_KEYS}
+    if body.message is not None:
+        payload["messages"] = [{"role": "user", "content": body.message}]
+    check_messages(chat, payload["messages"])
+    extra = {"session_id": body.session_id}
+    return await route_turn(chat, selector, payload, extra, body.session_id, body.stream, False)
+
+
+async def openai_chat_completions(request: Request, parts: Parts) -> Response:
+    """OpenAI-compatible chat completions; `X-Session-ID` pins like a session."""
+    chat = parts()
+    await within_rate_limit(chat)
+    raw = await read_json(request)
+    body = validate(CHAT_COMPLETION, raw)
+    check_messages(chat, raw["messages"])
+    selector = known_selector(chat, body.model)
+    session_id = request.headers.get("x-session-id")
+    if session_id is not None:
+        validate(SESSION_CHAT, {"session_id": session_id, "message": ""})
+        pinned = await chat.sessions.selector(session_id)
+        if pinned is None:
+            await chat.sessions.pin(session_id, selector)
+        else:
+            selector = usable_selector(chat, pinned)
+    return await route_turn(chat, selector, raw, {}, session_id, body.stream, True)
+
+
+async def route_turn(
+    chat: ChatParts,
+    selector: str,
+    payload: Json,
+    extra: Json,
+    session_id: str | None,
+    stream: bool,
+    echo_session: bool,
+) -> Response:
+    """Walk the chain, hand the turn's record to the observers, answer JSON or SSE."""
+    start = TurnStart(
+        payload, request_id_var.get(), session_id, selector, caller_var.get(), time.perf_counter()
+    )
+    executor = chat.executor
+    chat.turns.started()  # ended by `turns.finished`, here or at the end of the stream
+    routed = await (
+        executor.open_stream(selector, payload) if stream else executor.complete(selector, payload)
+    )
+    if isinstance(routed, Failed):
+        error = routed.error
+        chat.turns.finished(
+            chat.metering.failed(
+                start, routed.log, status=error.status, error=error.code or error.type
+            )
+        )
+        raise error
+    headers = router_headers(routed.model, routed.attempts, routed.fallback)
+    if echo_session and session_id is not None:
+        headers["X-Session-ID"] = session_id
+    if isinstance(routed, RoutedStream):
+        streamed = routed
+
+        def finish(usage: Json | None, chars_out: int, outcome: str | None) -> None:
+            record = chat.metering.answered(
+                start, streamed, usage=usage, chars_out=chars_out, outcome=outcome
+            )
+            chat.turns.finished(record)
+
+        resilience = chat.settings.resilience
+        return StreamingResponse(
+            sse_body(
+                routed,
+                extra,
+                bool((payload.get("stream_options") or {}).get("include_usage")),
+                executor,
+                finish,
+                resume=resilience.stream_resume,
+                max_continuations=resilience.max_continuations,
+            ),
+            media_type="text/event-stream",
+            headers={**SSE_HEADERS, **headers},
+        )
+    body = routed.body
+    chat.turns.finished(
+        chat.metering.answered(start, routed, usage=body.get("usage"), chars_out=answer_chars(body))
+    )
+    body["model"] = routed.model
+    body.update(extra)
+    return Response(orjson.dumps(body), headers=headers, media_type=JSON)
+
+
+# (handler, path, documented body); first in the app's route list: Starlette matches routes in
+# order, and the request path should not pay for testing every admin and docs route first.
+CHAT_ENDPOINTS: list[tuple[Any, str, type[BaseModel]]] = [
+    (initiate_call, "/initiate_call", InitiateCallRequest),
+    (chat_completions, "/chat_completions", SessionChatRequest),
+    (openai_chat_completions, "/v1/chat/completions", ChatCompletionRequest),
+]
+
+
+def chat_routes(parts: Parts) -> list[Route]:
+    """The request-path routes, each handler given `parts`."""
+    return [
+        Route(path, functools.partial(handler, parts=parts), methods=["POST"])
+        for handler, path, _ in CHAT_ENDPOINTS
+    ]
