@@ -5,7 +5,7 @@ session store, and the background loops that keep them in step with Redis."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -23,6 +23,7 @@ from services.ledger.usage import LedgerObserver, Metering
 from services.platform.metrics import Metrics
 from services.platform.redis_connection import async_client
 from services.platform.redis_gate import RedisGate
+from services.providers.base import Provider
 from services.providers.factory import build_provider, build_providers
 from services.resilience.breaker_store import BreakerStore
 from services.resilience.fallback_stats import FallbackStatistics
@@ -142,25 +143,101 @@ async def open_gateway(
     redis: aioredis.Redis | None = None,
 ) -> Gateway:
     """Open the Redis client and the upstream pool, build every part, start the loops."""
-    resilience = settings.resilience
     owns_redis = redis is None
     if redis is None:
         redis = async_client(settings.redis.url, timeout=settings.redis.socket_timeout_seconds)
-    connector = aiohttp.TCPConnector(
-        limit=settings.upstream.max_connections, limit_per_host=0, ttl_dns_cache=300
-    )
-    http = aiohttp.ClientSession(
-        connector=connector, skip_auto_headers=("User-Agent",), auto_decompress=True
-    )
+    http = upstream_client(settings)
     prefix = settings.redis.key_prefix
     gate = RedisGate(redis)
     providers = build_providers(settings, http, environ)
-    by_name = {p.name: p for group in providers.values() for p in group}
-    deployments = {name: d for _, name, d in settings.deployments()}
     table = {name: (model, d) for model, name, d in settings.deployments()}
     disabled: set[str] = set()
     load = LoadReporter(prefix)
     router = Router(settings, providers)
+    breakers, health, cache, stats, executor = walk_parts(
+        settings, redis, gate, router, providers, table, disabled
+    )
+    sessions = SessionStore(
+        redis,
+        gate,
+        prefix=prefix,
+        ttl_seconds=settings.sessions.ttl_seconds,
+        fallback_selector=settings.sessions.default_selector,
+    )
+    if not await gate.check():
+        logger.warning("Redis is not reachable at start: serving fail-open until it is")
+    await breakers.sync()
+    ledger_runtime = await LedgerRuntime.open(settings) if settings.ledger.enabled else None
+    replicas = ReplicaRouting(
+        settings,
+        environ,
+        router=router,
+        breakers=breakers,
+        health=health,
+        http=http,
+        deployment_table=table,
+        metrics=metrics,
+        load=load,
+        build_provider=build_provider,
+    )
+    limiter = RateLimiter(redis, gate, settings.api.rate_limit, prefix=prefix)
+    engine = ledger_runtime.engine if ledger_runtime is not None else None
+    switches = OperatorSwitches(redis, gate, engine, disabled, prefix=prefix)
+    await switches.refresh()
+    gateway = Gateway(
+        settings=settings,
+        environ=environ,
+        redis=redis,
+        http=http,
+        gate=gate,
+        router=router,
+        executor=executor,
+        breakers=breakers,
+        health=health,
+        cache=cache,
+        stats=stats,
+        sessions=sessions,
+        limiter=limiter,
+        metering=Metering(settings),
+        turns=turn_observers(settings, ledger_runtime, table, metrics, load, limiter),
+        replicas=replicas,
+        switches=switches,
+        metrics=metrics,
+        load=load,
+        disabled=disabled,
+        deployment_table=table,
+        ledger_runtime=ledger_runtime,
+        owns_redis=owns_redis,
+    )
+    gateway.start_loops()
+    logger.info("gateway ready: {} models, {} chains, {} deployments",
+                len(settings.models), len(settings.chains), len(table))  # fmt: skip
+    return gateway
+
+
+def upstream_client(settings: Settings) -> aiohttp.ClientSession:
+    """The one keep-alive pool every adapter of this process shares."""
+    connector = aiohttp.TCPConnector(
+        limit=settings.upstream.max_connections, limit_per_host=0, ttl_dns_cache=300
+    )
+    return aiohttp.ClientSession(
+        connector=connector, skip_auto_headers=("User-Agent",), auto_decompress=True
+    )
+
+
+def walk_parts(
+    settings: Settings,
+    redis: aioredis.Redis,
+    gate: RedisGate,
+    router: Router,
+    providers: Mapping[str, Sequence[Provider]],
+    table: dict[str, tuple[str, Deployment]],
+    disabled: set[str],
+) -> tuple[BreakerStore, HealthMonitor, ResponseCache, FallbackStatistics, ChainExecutor]:
+    """The chain executor and what it walks with: breakers, health, cache and statistics."""
+    resilience, prefix = settings.resilience, settings.redis.key_prefix
+    by_name = {p.name: p for group in providers.values() for p in group}
+    deployments = {name: d for _, name, d in settings.deployments()}
     breakers = BreakerStore(
         redis,
         gate,
@@ -191,69 +268,23 @@ async def open_gateway(
         disabled=disabled,
         deployments=table,
     )
-    sessions = SessionStore(
-        redis,
-        gate,
-        prefix=prefix,
-        ttl_seconds=settings.sessions.ttl_seconds,
-        fallback_selector=settings.sessions.default_selector,
-    )
-    if not await gate.check():
-        logger.warning("Redis is not reachable at start: serving fail-open until it is")
-    await breakers.sync()
-    ledger_runtime = await LedgerRuntime.open(settings) if settings.ledger.enabled else None
-    replicas = ReplicaRouting(
-        settings,
-        environ,
-        router=router,
-        breakers=breakers,
-        health=health,
-        http=http,
-        deployment_table=table,
-        metrics=metrics,
-        load=load,
-        build_provider=build_provider,
-    )
-    limiter = RateLimiter(redis, gate, settings.api.rate_limit, prefix=prefix)
+    return breakers, health, cache, stats, executor
+
+
+def turn_observers(
+    settings: Settings,
+    ledger_runtime: LedgerRuntime | None,
+    table: dict[str, tuple[str, Deployment]],
+    metrics: Metrics,
+    load: LoadReporter,
+    limiter: RateLimiter,
+) -> Turns:
+    """Who hears of every finished chat turn: the ledger first (the record that must not be
+    lost), then the metrics, the planner's load counter and the rate limiter."""
     observers: list[TurnObserver] = [TurnMetrics(metrics), load, limiter]
     if ledger_runtime is not None:
         observers.insert(0, LedgerObserver(settings, ledger_runtime.ledger, table))
-    engine = ledger_runtime.engine if ledger_runtime is not None else None
-    switches = OperatorSwitches(redis, gate, engine, disabled, prefix=prefix)
-    await switches.refresh()
-    gateway = Gateway(
-        settings=settings,
-        environ=environ,
-        redis=redis,
-        http=http,
-        gate=gate,
-        router=router,
-        executor=executor,
-        breakers=breakers,
-        health=health,
-        cache=cache,
-        stats=stats,
-        sessions=sessions,
-        limiter=limiter,
-        metering=Metering(settings),
-        turns=Turns(observers),
-        replicas=replicas,
-        switches=switches,
-        metrics=metrics,
-        load=load,
-        disabled=disabled,
-        deployment_table=table,
-        ledger_runtime=ledger_runtime,
-        owns_redis=owns_redis,
-    )
-    gateway.start_loops()
-    logger.info(
-        "gateway ready: {} models, {} chains, {} deployments",
-        len(settings.models),
-        len(settings.chains),
-        len(deployments),
-    )
-    return gateway
+    return Turns(observers)
 
 
 class GatewayRef:

@@ -1,7 +1,8 @@
-"""The HTTP side: middleware, API keys, rate limits, input limits, request schemas, the SSE
-relay (`streaming`), graceful drain, and the views: admin, ledger and operations (`ops`:
-`/health`, `/readyz`, `/livez`, `/metrics`, `/v1/models`).
+"""The HTTP side: the request path (`chat`: sessions and chat turns), the views (`ops`: `/health`,
+`/readyz`, `/livez`, `/metrics`, `/v1/models`; `admin`: breakers and fallback; `ledger_views`:
+`/api/llm/*`), the middleware, API keys, rate limits, input limits, request schemas, the OpenAPI
+document, the SSE relay (`streaming`) and graceful drain.
 
-May import every folder below it (not `services.gateway` or `services.app`, except the admin,
-ledger and operations views, which still take the whole runtime: known exceptions in
-tests/test_layers.py)."""
+Handlers receive the gateway's parts they read (a Protocol per module, `parts.py`), never the
+gateway module itself. May import every folder below it; not `services.gateway` or `services.app`.
+"""

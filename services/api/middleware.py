@@ -43,18 +43,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        client_id = None
-        declared_length = None
-        authorization = None
-        header_bytes = 0
-        for name, value in scope["headers"]:
-            header_bytes += len(name) + len(value) + 4
-            if name == b"x-request-id":
-                client_id = value.decode("latin-1")
-            elif name == b"content-length":
-                declared_length = value
-            elif name == b"authorization":
-                authorization = value.decode("latin-1")
+        client_id, declared_length, authorization, header_bytes = _scan_headers(scope["headers"])
         request_id = accept_request_id(client_id)
         token = request_id_var.set(request_id)
         rid_header = (b"x-request-id", request_id.encode())
@@ -119,6 +108,25 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
             if caller_token is not None:
                 caller_var.reset(caller_token)
+
+
+def _scan_headers(
+    headers: list[tuple[bytes, bytes]],
+) -> tuple[str | None, bytes | None, str | None, int]:
+    """One pass over the headers: the client's request id, Content-Length, Authorization, and
+    the headers' total size."""
+    client_id = authorization = None
+    declared_length = None
+    header_bytes = 0
+    for name, value in headers:
+        header_bytes += len(name) + len(value) + 4
+        if name == b"x-request-id":
+            client_id = value.decode("latin-1")
+        elif name == b"content-length":
+            declared_length = value
+        elif name == b"authorization":
+            authorization = value.decode("latin-1")
+    return client_id, declared_length, authorization, header_bytes
 
 
 # A body refused for its size is still read (and dropped) up to this much before the 413: a

@@ -97,19 +97,17 @@ def initial_state(policy: Policy, now: float) -> PlannerState:
     return PlannerState(threshold=policy.initial_threshold, small_last_traffic=now)
 
 
-def decide(state: PlannerState, obs: Observation, now: float, policy: Policy) -> Decision:
-    """The next state, the scaler actions and the reasons, for one tick."""
-    actions: list[Action] = []
-    reasons: list[str] = []
-    models = {"large": state.large, "small": state.small}
-
-    small_last_traffic = now if obs.small_requests > 0 else state.small_last_traffic
-    above = state.above + 1 if obs.signal > state.threshold else 0
-    below = state.below + 1 if obs.signal < policy.initial_threshold else 0
-    threshold = state.threshold
-
-    # 1. Lifecycle: replicas that became ready; drained replicas that may now be stopped (not
-    #    if this very tick scales up again: they are kept rather than stopped and restarted).
+def advance_lifecycle(
+    models: dict[Role, ModelStatus],
+    obs: Observation,
+    now: float,
+    policy: Policy,
+    above: int,
+    actions: list[Action],
+    reasons: list[str],
+) -> None:
+    """Replicas that became ready; drained replicas that may now be stopped (not if this very
+    tick scales up again: they are kept rather than stopped and restarted)."""
     ready_now = {"large": obs.large_ready, "small": obs.small_ready}
     for role in ROLES:
         status = models[role]
@@ -125,6 +123,20 @@ def decide(state: PlannerState, obs: Observation, now: float, policy: Policy) ->
             actions.append(Action(role, 0))
             reasons.append(f"{role} model drained for {policy.drain_seconds:.0f}s: stopping it")
 
+
+def decide(state: PlannerState, obs: Observation, now: float, policy: Policy) -> Decision:
+    """The next state, the scaler actions and the reasons, for one tick."""
+    actions: list[Action] = []
+    reasons: list[str] = []
+    models: dict[Role, ModelStatus] = {"large": state.large, "small": state.small}
+
+    small_last_traffic = now if obs.small_requests > 0 else state.small_last_traffic
+    above = state.above + 1 if obs.signal > state.threshold else 0
+    below = state.below + 1 if obs.signal < policy.initial_threshold else 0
+    threshold = state.threshold
+
+    # 1. Lifecycle: replicas that became ready, drained ones stopped.
+    advance_lifecycle(models, obs, now, policy, above, actions, reasons)
     large, small = models["large"], models["small"]
 
     # 2. Scale up: never while a large replica is still warming (one cold start at a time).

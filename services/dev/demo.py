@@ -136,6 +136,66 @@ async def _phase(
     return result
 
 
+async def _run_phases(
+    http: aiohttp.ClientSession,
+    base: str,
+    primary: SimulatedModelServer,
+    secondary: SimulatedModelServer,
+    requests: int,
+    concurrency: int,
+) -> list[PhaseResult]:
+    """The demo's phases in order, each with its faults set on the simulated models."""
+    known = [f"question {i}" for i in range(requests)]
+    fresh = [f"another question {i}" for i in range(requests)]
+    phases: list[PhaseResult] = []
+
+    async def phase(name: str, prompts: list[str], stream: bool = False, **faults: Any) -> None:
+        # Each fault phase starts from closed breakers, so it shows the trip itself.
+        if faults:
+            for name_ in ("primary:0", "secondary:0"):
+                async with http.post(f"{base}/circuit-breakers/{name_}/reset") as resp:
+                    resp.raise_for_status()
+        for sim, changes in (
+            (primary, faults.get("primary")),
+            (secondary, faults.get("secondary")),
+        ):
+            sim.restore()
+            if changes:
+                sim.behaviour = sim.behaviour.updated(changes)
+        phases.append(await _phase(http, base, name, prompts, concurrency, stream))
+
+    await phase("healthy", known)
+    await phase("primary returns HTTP 500", fresh, primary={"failure_rate": 1.0})
+    await phase(
+        "primary drops connections",
+        fresh,
+        primary={"failure_rate": 1.0, "failure_mode": "drop"},
+    )
+    hang = {"failure_rate": 1.0, "failure_mode": "hang", "hang_seconds": 3}
+    await phase("primary hangs (1 s first token)", fresh, primary=hang)
+    silent = {"failure_rate": 1.0, "failure_mode": "hang_after_headers",
+              "drop_after_events": 0, "hang_seconds": 3}  # fmt: skip
+    await phase("primary silent after headers, streamed", fresh, True, primary=silent)
+    # Streams that break after their first words reached the client: each is continued
+    # on the secondary, so every client still gets the whole answer and [DONE].
+    stall = {"failure_rate": 1.0, "failure_mode": "stall_mid_stream",
+             "drop_after_events": 5, "hang_seconds": 3}  # fmt: skip
+    await phase("primary stalls mid-stream", fresh, True, primary=stall)
+    cut = {"failure_rate": 1.0, "failure_mode": "drop_mid_stream", "drop_after_events": 5}
+    await phase("primary cuts streams", fresh, True, primary=cut)
+    down = {"failure_rate": 1.0, "failure_status": 503}
+    # Half asked before (the cache has them), half never asked (only `degraded` can answer).
+    unseen = [f"a question nobody asked {i}" for i in range(requests)]
+    mixed = [p for pair in zip(known, unseen, strict=True) for p in pair][:requests]
+    await phase("every model down", mixed, primary=down, secondary=down)
+    # Recovery is the breakers' own: wait out the open state, then probes close it.
+    async with http.get(base + "/circuit-breakers") as resp:
+        view = (await resp.json())["circuit_breakers"]
+    await asyncio.sleep(max((b["retry_in_seconds"] or 0) for b in view.values()) + 0.1)
+    await phase("recovered", fresh)
+    return phases
+
+
 async def run_demo(requests: int, concurrency: int, log_dir: str) -> dict[str, Any]:
     """Run every phase; answer the per-phase rows, the gateway's statistics and breakers."""
     redis = start_private_redis()
@@ -161,56 +221,7 @@ async def run_demo(requests: int, concurrency: int, log_dir: str) -> dict[str, A
         while not server.started:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         async with aiohttp.ClientSession() as http:
-            known = [f"question {i}" for i in range(requests)]
-            fresh = [f"another question {i}" for i in range(requests)]
-            phases: list[PhaseResult] = []
-
-            async def phase(
-                name: str, prompts: list[str], stream: bool = False, **faults: Any
-            ) -> None:
-                # Each fault phase starts from closed breakers, so it shows the trip itself.
-                if faults:
-                    for name_ in ("primary:0", "secondary:0"):
-                        async with http.post(f"{base}/circuit-breakers/{name_}/reset") as resp:
-                            resp.raise_for_status()
-                for sim, changes in (
-                    (primary, faults.get("primary")),
-                    (secondary, faults.get("secondary")),
-                ):
-                    sim.restore()
-                    if changes:
-                        sim.behaviour = sim.behaviour.updated(changes)
-                phases.append(await _phase(http, base, name, prompts, concurrency, stream))
-
-            await phase("healthy", known)
-            await phase("primary returns HTTP 500", fresh, primary={"failure_rate": 1.0})
-            await phase(
-                "primary drops connections",
-                fresh,
-                primary={"failure_rate": 1.0, "failure_mode": "drop"},
-            )
-            hang = {"failure_rate": 1.0, "failure_mode": "hang", "hang_seconds": 3}
-            await phase("primary hangs (1 s first token)", fresh, primary=hang)
-            silent = {"failure_rate": 1.0, "failure_mode": "hang_after_headers",
-                      "drop_after_events": 0, "hang_seconds": 3}  # fmt: skip
-            await phase("primary silent after headers, streamed", fresh, True, primary=silent)
-            # Streams that break after their first words reached the client: each is continued
-            # on the secondary, so every client still gets the whole answer and [DONE].
-            stall = {"failure_rate": 1.0, "failure_mode": "stall_mid_stream",
-                     "drop_after_events": 5, "hang_seconds": 3}  # fmt: skip
-            await phase("primary stalls mid-stream", fresh, True, primary=stall)
-            cut = {"failure_rate": 1.0, "failure_mode": "drop_mid_stream", "drop_after_events": 5}
-            await phase("primary cuts streams", fresh, True, primary=cut)
-            down = {"failure_rate": 1.0, "failure_status": 503}
-            # Half asked before (the cache has them), half never asked (only `degraded` can answer).
-            unseen = [f"a question nobody asked {i}" for i in range(requests)]
-            mixed = [p for pair in zip(known, unseen, strict=True) for p in pair][:requests]
-            await phase("every model down", mixed, primary=down, secondary=down)
-            # Recovery is the breakers' own: wait out the open state, then probes close it.
-            async with http.get(base + "/circuit-breakers") as resp:
-                view = (await resp.json())["circuit_breakers"]
-            await asyncio.sleep(max((b["retry_in_seconds"] or 0) for b in view.values()) + 0.1)
-            await phase("recovered", fresh)
+            phases = await _run_phases(http, base, primary, secondary, requests, concurrency)
             async with http.get(base + "/api/admin/fallback/statistics") as resp:
                 stats = await resp.json()
             async with http.get(base + "/circuit-breakers") as resp:

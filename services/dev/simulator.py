@@ -244,6 +244,35 @@ class SimulatedModelServer:
             return True
         return behaviour.failure_rate > 0 and self._rng.random() < behaviour.failure_rate
 
+    async def _refusal(
+        self,
+        request: web.Request,
+        messages: list[Any],
+        behaviour: Behaviour,
+        mode: str | None,
+        openai_format: bool,
+    ) -> web.StreamResponse | None:
+        """The answer when this request is not served normally: still loading, a failure mode
+        that ends it before any token, or a prefill this model rejects."""
+        if not self.ready:
+            self.failures += 1
+            return self._error(
+                503, "overloaded_error", "model is still loading", openai_format, 1.0
+            )
+        if mode is not None:
+            self.failures += 1
+        if mode in {"status", "hang", "drop"}:
+            return await self._fail(request, behaviour, openai_format)
+        if mode == "context_length":
+            return self._error(400, "invalid_request_error", CONTEXT_LENGTH_ERROR, openai_format,
+                               code="context_length_exceeded")  # fmt: skip
+        if mode == "content_filter":
+            return self._error(400, "invalid_request_error", CONTENT_FILTER_ERROR, openai_format,
+                               code="content_filter")  # fmt: skip
+        if continuation_start(messages) and is_prefill(messages) and behaviour.prefill == "reject":
+            return self._error(400, "invalid_request_error", PREFILL_ERROR, openai_format)
+        return None
+
     async def _serve(self, request: web.Request, *, openai_format: bool) -> web.StreamResponse:
         self.requests += 1
         try:
@@ -256,26 +285,12 @@ class SimulatedModelServer:
             return self._error(
                 400, "invalid_request_error", "body must be JSON with messages", openai_format
             )
-        if not self.ready:
-            self.failures += 1
-            return self._error(
-                503, "overloaded_error", "model is still loading", openai_format, 1.0
-            )
         behaviour = self.behaviour
-        mode = behaviour.failure_mode if self._take_failure() else None
-        if mode is not None:
-            self.failures += 1
-        if mode in {"status", "hang", "drop"}:
-            return await self._fail(request, behaviour, openai_format)
-        if mode == "context_length":
-            return self._error(400, "invalid_request_error", CONTEXT_LENGTH_ERROR, openai_format,
-                               code="context_length_exceeded")  # fmt: skip
-        if mode == "content_filter":
-            return self._error(400, "invalid_request_error", CONTENT_FILTER_ERROR, openai_format,
-                               code="content_filter")  # fmt: skip
+        mode = behaviour.failure_mode if self.ready and self._take_failure() else None
+        refusal = await self._refusal(request, messages, behaviour, mode, openai_format)
+        if refusal is not None:
+            return refusal
         start = continuation_start(messages)
-        if start and is_prefill(messages) and behaviour.prefill == "reject":
-            return self._error(400, "invalid_request_error", PREFILL_ERROR, openai_format)
 
         limit = (
             body.get("max_completion_tokens") or body.get("max_tokens") or behaviour.response_tokens

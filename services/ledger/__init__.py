@@ -1,8 +1,7 @@
-"""The usage ledger: records and costs (`usage`, `costs`), the write-ahead log and its buffer
-(`wal`), the database schema, migrations, inserts and report queries (`db`) and the external
-writer process (`writer`).
+"""The usage ledger: the turn's metering and its ledger rows (`usage`), costs (`costs`), the
+write-ahead log and its buffer (`wal`), the database schema, migrations, inserts and report
+queries (`db`), the external writer process (`writer`), the runtime the API process opens
+(`runtime`) and the operators' provider switches (`switches`).
 
-May import: `services.config`, `services.errors`, `services.platform`, `services.routing` (the
-attempt log), `services.capacity` (the load counters a finished request feeds), and, as a known
-exception that tests/test_layers.py lists, `services.api.rate_limit` (the tokens it spends;
-issue 12 turns both into observers of one turn record)."""
+May import: `services.config`, `services.errors`, `services.platform`, `services.providers`,
+`services.resilience`, `services.routing` (the turn record), `services.capacity`."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -245,20 +245,7 @@ class AnthropicProvider(HTTPAdapter):
             for translated in completion_chunks(body):
                 yield translated
             return
-        message_id, model, created = "", self.upstream_model, int(time.time())
-        usage: Json = {}
-        finished = False
-        tool_index: dict[int, int] = {}  # content block index -> OpenAI tool_calls index
-
-        def chunk(delta: Json, finish: str | None = None) -> Json:
-            return {
-                "id": message_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }
-
+        translator = StreamTranslator(self.name, self.upstream_model, self._secrets, out)
         # Closed here when message_stop returns early (an abandoned generator costs a task).
         batches = sse_batches(resp, self.name, self._max_line)
         async with contextlib.aclosing(batches):
@@ -271,63 +258,88 @@ class AnthropicProvider(HTTPAdapter):
                     if not isinstance(payload, dict):
                         out.malformed += 1  # one bad event must not end a good answer
                         continue
-                    kind = payload.get("type", event)
-                    if kind == "message_start":
-                        message = payload.get("message") or {}
-                        message_id = str(message.get("id", ""))
-                        model = str(message.get("model", model))
-                        if isinstance(message.get("usage"), dict):
-                            usage.update(message["usage"])
-                        yield chunk({"role": "assistant", "content": ""})
-                    elif kind == "content_block_start":
-                        block = payload.get("content_block") or {}
-                        if block.get("type") == "tool_use":
-                            position = tool_index.setdefault(
-                                payload.get("index", 0), len(tool_index)
-                            )
-                            call = {
-                                "index": position,
-                                "id": block.get("id"),
-                                "type": "function",
-                                "function": {"name": block.get("name"), "arguments": ""},
-                            }
-                            yield chunk({"tool_calls": [call]})
-                    elif kind == "content_block_delta":
-                        delta = payload.get("delta") or {}
-                        if not isinstance(delta, dict) or not isinstance(
-                            delta.get("text", ""), str
-                        ):
-                            out.malformed += 1
-                        elif delta.get("type") == "text_delta":
-                            yield chunk({"content": delta.get("text", "")})
-                        elif delta.get("type") == "input_json_delta":
-                            position = tool_index.get(payload.get("index", 0), 0)
-                            partial = {
-                                "index": position,
-                                "function": {"arguments": delta.get("partial_json", "")},
-                            }
-                            yield chunk({"tool_calls": [partial]})
-                    elif kind == "message_delta":
-                        if isinstance(payload.get("usage"), dict):
-                            usage.update(payload["usage"])
-                        reason = (payload.get("delta") or {}).get("stop_reason")
-                        if reason:
-                            finished = True
-                            yield chunk({}, FINISH_REASONS.get(str(reason), "stop"))
-                    elif kind == "message_stop":
-                        final = chunk({})
-                        final["choices"] = []
-                        final["usage"] = _usage(usage)
-                        if final["usage"] is None:
-                            out.usage_rejected = True
-                        yield final
+                    for translated in translator.event(payload.get("type", event), payload):
+                        yield translated
+                    if translator.stopped:
                         return
-                    elif kind == "error":
-                        error = payload.get("error") or {}
-                        status = 529 if error.get("type") == "overloaded_error" else 500
-                        message = redact(
-                            str(error.get("message", "stream error"))[:300], self._secrets
-                        )
-                        raise UpstreamHTTPError(self.name, status, message)
-        if not finished:
+        if not translator.finished:
             raise UpstreamStreamCut(self.name, "the stream ended without a stop reason")
+
+
+class StreamTranslator:
+    """Messages API stream events in, OpenAI chat.completion.chunk dicts out, for one answer."""
+
+    def __init__(
+        self, deployment: str, model: str, secrets: tuple[str, ...], out: ResponseChunkStream
+    ) -> None:
+        self._deployment = deployment
+        self._secrets = secrets
+        self._out = out
+        self.message_id, self.model, self.created = "", model, int(time.time())
+        self.usage: Json = {}
+        self.finished = False  # a stop reason arrived
+        self.stopped = False  # message_stop: nothing more to read
+        self.tool_index: dict[int, int] = {}  # content block index -> OpenAI tool_calls index
+
+    def chunk(self, delta: Json, finish: str | None = None) -> Json:
+        return {
+            "id": self.message_id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+
+    def event(self, kind: str, payload: Json) -> Iterator[Json]:
+        """The chunks one event becomes (often none); raises on an `error` event."""
+        if kind == "message_start":
+            message = payload.get("message") or {}
+            self.message_id = str(message.get("id", ""))
+            self.model = str(message.get("model", self.model))
+            if isinstance(message.get("usage"), dict):
+                self.usage.update(message["usage"])
+            yield self.chunk({"role": "assistant", "content": ""})
+        elif kind == "content_block_start":
+            block = payload.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                position = self.tool_index.setdefault(payload.get("index", 0), len(self.tool_index))
+                call = {
+                    "index": position,
+                    "id": block.get("id"),
+                    "type": "function",
+                    "function": {"name": block.get("name"), "arguments": ""},
+                }
+                yield self.chunk({"tool_calls": [call]})
+        elif kind == "content_block_delta":
+            yield from self._delta(payload)
+        elif kind == "message_delta":
+            if isinstance(payload.get("usage"), dict):
+                self.usage.update(payload["usage"])
+            reason = (payload.get("delta") or {}).get("stop_reason")
+            if reason:
+                self.finished = True
+                yield self.chunk({}, FINISH_REASONS.get(str(reason), "stop"))
+        elif kind == "message_stop":
+            final = self.chunk({})
+            final["choices"] = []
+            final["usage"] = _usage(self.usage)
+            if final["usage"] is None:
+                self._out.usage_rejected = True
+            self.stopped = True
+            yield final
+        elif kind == "error":
+            error = payload.get("error") or {}
+            status = 529 if error.get("type") == "overloaded_error" else 500
+            message = redact(str(error.get("message", "stream error"))[:300], self._secrets)
+            raise UpstreamHTTPError(self._deployment, status, message)
+
+    def _delta(self, payload: Json) -> Iterator[Json]:
+        delta = payload.get("delta") or {}
+        if not isinstance(delta, dict) or not isinstance(delta.get("text", ""), str):
+            self._out.malformed += 1
+        elif delta.get("type") == "text_delta":
+            yield self.chunk({"content": delta.get("text", "")})
+        elif delta.get("type") == "input_json_delta":
+            position = self.tool_index.get(payload.get("index", 0), 0)
+            partial = {"index": position, "function": {"arguments": delta.get("partial_json", "")}}
+            yield self.chunk({"tool_calls": [partial]})

@@ -35,14 +35,13 @@ from typing import TypeVar
 
 from loguru import logger
 
-from services.config import Deployment, HedgeSettings, RetrySettings, Settings
+from services.config import Deployment, RetrySettings, Settings
 from services.errors import (
     GatewayError,
     UpstreamContentPolicy,
     UpstreamContextLength,
     UpstreamError,
     UpstreamHTTPError,
-    UpstreamRejected,
     UpstreamTimeout,
 )
 from services.providers.base import ChunkStream, Json
@@ -53,14 +52,12 @@ from services.resilience.breaker_store import BreakerStore
 from services.resilience.fallback_stats import FallbackStatistics
 from services.resilience.health_monitor import HealthMonitor
 from services.resilience.retry_budget import RetryBudget
-from services.resilience.watchdog import Watchdog
 from services.routing.attempt import (
-    CLIENT_FAULT_STATUSES,
     counts_against_breaker,
-    read_until_content,
-    watched,
 )
 from services.routing.continuation import continuation_request
+from services.routing.deployment_gate import DeploymentGate
+from services.routing.hedging import hedged_open
 from services.routing.outcomes import (
     Attempt,
     Failed,
@@ -107,35 +104,24 @@ class ChainExecutor:
         self._budget = budget
         self._cache = cache
         self._stats = stats
-        self._disabled = set() if disabled is None else disabled
-        # By name, including replicas the capacity planner adds later (the gateway's live table).
-        self._deployments = (
-            deployments
-            if deployments is not None
-            else {name: (model, d) for model, name, d in settings.deployments()}
+        self.gate = DeploymentGate(
+            settings,
+            breakers=breakers,
+            health=health,
+            budget=budget,
+            stats=stats,
+            disabled=set() if disabled is None else disabled,
+            # By name, including replicas the capacity planner adds later (the gateway's table).
+            deployments=(
+                deployments
+                if deployments is not None
+                else {name: (model, d) for model, name, d in settings.deployments()}
+            ),
+            clock=clock,
         )
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
-
-    # -- deadlines -----------------------------------------------------------------------------
-
-    def ttft_seconds(self, name: str) -> float:
-        """How long `name` may take to its first content token (its own, else the default)."""
-        found = self._deployments.get(name)
-        own = found[1].ttft_seconds if found is not None else None
-        return own or self._settings.ttft_seconds
-
-    def stall_seconds(self, name: str) -> float:
-        """How long `name` may go silent between two chunks."""
-        found = self._deployments.get(name)
-        own = found[1].stall_seconds if found is not None else None
-        return own or self._settings.stall_seconds
-
-    def _attempt_seconds(self, name: str) -> float:
-        found = self._deployments.get(name)
-        own = found[1].timeout_seconds if found is not None else None
-        return own or self._all.upstream.request_timeout_seconds
 
     # -- entry points --------------------------------------------------------------------------
 
@@ -228,7 +214,7 @@ class ChainExecutor:
         if name is None:
             return
         routed.broken.add(name)
-        model = self._deployments[name][0] if name in self._deployments else routed.model
+        model = self.gate.model_of(name, routed.model)
         routed.log.append(Attempt(name, model, False, 0.0, 0, type(failure).__name__, True))
         self._health.observe(name, False, 0.0)
         await self._breakers.record(name, Outcome.FAILURE)
@@ -238,21 +224,20 @@ class ChainExecutor:
         could (no deployment left, the budget spent, or each one failed or refused)."""
         for candidate in self._router.candidates(routed.selector):
             name = candidate.provider.name
-            if name in routed.broken or not self._usable(name):
+            if name in routed.broken or not self.gate.usable(name):
                 continue
-            found = self._deployments.get(name)
-            prefill = found[1].prefill if found is not None else False
+            prefill = self.gate.prefill(name)
             request = continuation_request(routed.request, sent_text, prefill=prefill)
             if not self._budget.try_withdraw():
                 self._stats.count("budget_exhausted")
                 return None
-            admission = await self._breakers.admit(name)
+            admission = await self.gate.admit(name)
             if admission is Admission.REJECT:
                 continue
             probe = admission is Admission.PROBE
             started = self._clock()
             try:
-                opened = await self._open(candidate, request, self.ttft_seconds(name))
+                opened = await self.gate.open(candidate, request, self.gate.ttft_seconds(name))
             except UpstreamError as exc:
                 elapsed = self._clock() - started
                 counted = counts_against_breaker(exc)
@@ -265,10 +250,10 @@ class ChainExecutor:
                 routed.broken.add(name)
                 continue
             except BaseException:
-                await self._release(name, probe)
+                await self.gate.release(name, probe)
                 raise
             elapsed = self._clock() - started
-            await self._succeeded(name, probe, elapsed)
+            await self.gate.succeeded(name, probe, elapsed)
             routed.log.append(Attempt(name, candidate.model, True, elapsed, 200))
             self._stats.count("streams_resumed")
             logger.info(
@@ -277,42 +262,6 @@ class ChainExecutor:
             opened.prefill = prefill
             return opened
         return None
-
-    # -- one attempt -----------------------------------------------------------------------------
-
-    async def _open(
-        self, candidate: Candidate, request: Json, ttft: float, limit: float | None = None
-    ) -> Opened:
-        """Open `candidate` streamed and read until its first content, within `ttft`; the rest
-        is guarded by the stall deadline, and the whole attempt by `limit` seconds if given."""
-        provider = candidate.provider
-        name = provider.name
-        started = self._clock()
-        loop_deadline = None if limit is None else asyncio.get_running_loop().time() + limit
-        watch = Watchdog(loop_deadline)
-        stream: ChunkStream | None = None
-        watch.bind()
-        watch.begin(ttft)
-        try:
-            stream = await provider.open_stream(request)
-            chunks = aiter(stream)
-            head = await read_until_content(chunks, name)
-        except asyncio.CancelledError:
-            expired = watch.expired()
-            watch.close()
-            if stream is not None:
-                await stream.aclose()
-            if expired:
-                raise UpstreamTimeout(name, f"no first token within {ttft:g}s") from None
-            raise
-        except BaseException:
-            watch.close()
-            if stream is not None:
-                await stream.aclose()
-            raise
-        watch.end()
-        rest = watched(chunks, name, self.stall_seconds(name), watch)
-        return Opened(candidate, head, stream, rest, self._clock() - started)
 
     async def _assemble(self, opened: Opened) -> tuple[Json, ChunkStream]:
         """Read the rest of an opened stream into one chat.completion."""
@@ -327,13 +276,6 @@ class ChainExecutor:
         return assembler.completion(), opened.stream
 
     # -- the walk ------------------------------------------------------------------------------
-
-    def _usable(self, name: str) -> bool:
-        return (
-            name not in self._disabled
-            and self._health.healthy(name)
-            and self._breakers.usable(name)
-        )
 
     async def _walk(
         self,
@@ -352,40 +294,40 @@ class ChainExecutor:
         while plan:
             candidate = plan.popleft()
             name = candidate.provider.name
-            if name in self._disabled or not self._health.healthy(name):
+            if name in self.gate.disabled or not self._health.healthy(name):
                 continue
             retries = 0
             while True:
-                admission = await self._breakers.admit(name)
+                admission = await self.gate.admit(name)
                 if admission is Admission.REJECT:
                     break
                 probe = admission is Admission.PROBE
                 if walk.attempts and not self._budget.try_withdraw():
                     walk.budget_exhausted = True
-                    await self._release(name, probe)
+                    await self.gate.release(name, probe)
                     return None
                 if walk.attempts and not retries:
                     await self._fallback_jitter(walk)
                 remaining = walk.deadline - self._clock()
                 if remaining <= 0:
                     walk.deadline_hit = True
-                    await self._release(name, probe)
+                    await self.gate.release(name, probe)
                     return None
                 walk.attempts += 1
                 walk.retries += 1 if retries else 0
                 started = self._clock()
                 # A whole answer must also arrive in time; a stream, once it flows, only must
                 # not stall.
-                limit = min(remaining, self._attempt_seconds(name)) if bounded else None
-                ttft = min(self.ttft_seconds(name), remaining)
+                limit = min(remaining, self.gate.attempt_seconds(name)) if bounded else None
+                ttft = min(self.gate.ttft_seconds(name), remaining)
                 winner, winner_probe = candidate, probe
                 try:
                     if hedge.enabled and not retries:
-                        opened, winner, winner_probe = await self._hedged(
-                            candidate, probe, request, hedge, plan, walk, limit
+                        opened, winner, winner_probe = await hedged_open(
+                            self.gate, candidate, probe, request, hedge, plan, walk, limit
                         )
                     else:
-                        opened = await self._open(candidate, request, ttft, limit)
+                        opened = await self.gate.open(candidate, request, ttft, limit)
                     result = await finish(opened)
                 except UpstreamError as exc:
                     failure: UpstreamError = exc
@@ -393,12 +335,12 @@ class ChainExecutor:
                         self._clock() >= walk.deadline - 0.01
                     )
                 except BaseException:
-                    await self._release(name, probe)  # cancelled: the client went away
+                    await self.gate.release(name, probe)  # cancelled: the client went away
                     raise
                 else:
                     elapsed = self._clock() - started
                     won = winner.provider.name
-                    slow = await self._succeeded(won, winner_probe, opened.ttft)
+                    slow = await self.gate.succeeded(won, winner_probe, opened.ttft)
                     walk.log.append(Attempt(won, winner.model, True, elapsed, 200, None, slow))
                     route = "primary" if winner.model == first_model else "fallback"
                     self._stats.served(route, winner.model, walk.attempts, walk.retries)
@@ -415,101 +357,6 @@ class ChainExecutor:
                 await self._sleep(delay)
                 retries += 1
         return None
-
-    def hedge_delay(self, name: str, hedge: HedgeSettings) -> float:
-        """How long `name` may go without a first token before a hedge starts."""
-        if not hedge.adaptive:
-            return hedge.after_seconds
-        latency = self._health.summary(name)["latency_ms"]
-        p95 = latency["p95"] / 1000 if latency else hedge.after_seconds
-        return min(max(p95, hedge.after_seconds), hedge.max_after_seconds)
-
-    async def _hedged(
-        self,
-        candidate: Candidate,
-        probe: bool,
-        request: Json,
-        hedge: HedgeSettings,
-        plan: deque[Candidate],
-        walk: Walk,
-        limit: float | None,
-    ) -> tuple[Opened, Candidate, bool]:
-        """Open `candidate`; if it has no first token after the hedge delay, race it against
-        the next usable deployment. Answers the winner (and its probe flag); the loser is
-        cancelled and logged as such, a failed racer is recorded as a failure. When both fail,
-        the first one's failure is raised."""
-        name = candidate.provider.name
-        remaining = walk.deadline - self._clock()
-        first = asyncio.create_task(
-            self._open(candidate, request, min(self.ttft_seconds(name), remaining), limit)
-        )
-        done, _ = await asyncio.wait({first}, timeout=self.hedge_delay(name, hedge))
-        backup = next((c for c in plan if self._usable(c.provider.name)), None)
-        if done or backup is None or not self._budget.try_withdraw():
-            return await first, candidate, probe
-        backup_name = backup.provider.name
-        admission = await self._breakers.admit(backup_name)
-        if admission is Admission.REJECT:
-            return await first, candidate, probe
-        backup_probe = admission is Admission.PROBE
-        walk.attempts += 1
-        self._stats.count("hedges")
-        started = self._clock()
-        remaining = walk.deadline - self._clock()
-        second = asyncio.create_task(
-            self._open(backup, request, min(self.ttft_seconds(backup_name), remaining), limit)
-        )
-        racers = {first: (candidate, probe), second: (backup, backup_probe)}
-        pending = set(racers)
-        errors: dict[asyncio.Task[Opened], UpstreamError] = {}
-        try:
-            while pending:
-                finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in finished:
-                    exc = task.exception()
-                    if exc is None:
-                        winner, winner_probe = racers[task]
-                        for loser in pending:
-                            await self._cancel_racer(loser, *racers[loser], started, walk)
-                        pending = set()
-                        if winner is backup:
-                            plan.remove(backup)  # tried: not again later in this walk
-                            if first in errors:  # the walk sees a success: record it here
-                                elapsed = self._clock() - started
-                                await self._failed(candidate, errors[first], probe, elapsed, walk)
-                        return task.result(), winner, winner_probe
-                    if not isinstance(exc, UpstreamError):
-                        raise exc
-                    errors[task] = exc
-                    if task is second:  # the first racer's failure is the walk's to record
-                        await self._failed(backup, exc, backup_probe, self._clock() - started, walk)
-                        plan.remove(backup)
-        finally:
-            for task in pending:
-                task.cancel()
-        raise errors[first]
-
-    async def _cancel_racer(
-        self,
-        task: asyncio.Task[Opened],
-        candidate: Candidate,
-        probe: bool,
-        started: float,
-        walk: Walk,
-    ) -> None:
-        """Stop the racer that lost: its stream closed, its breaker permit returned, its attempt
-        logged as cancelled."""
-        task.cancel()
-        try:
-            opened = await task
-        except (asyncio.CancelledError, UpstreamError):
-            pass
-        else:  # it finished in the same instant: give its connection back
-            await opened.stream.aclose()
-        name = candidate.provider.name
-        await self._release(name, probe)
-        walk.log.append(Attempt(name, candidate.model, False, self._clock() - started, 0,
-                                "HedgeCancelled", False, cancelled=True))  # fmt: skip
 
     def _replan(
         self, failure: UpstreamError, candidate: Candidate, plan: deque[Candidate], walk: Walk
@@ -546,7 +393,7 @@ class ChainExecutor:
         if not failure.retryable or retries >= policy.max_retries:
             return None
         if isinstance(failure, UpstreamTimeout) and any(
-            self._usable(c.provider.name) for c in rest
+            self.gate.usable(c.provider.name) for c in rest
         ):
             return None  # the timeout spent its share of the walk: let the next one have it
         delay = backoff_delay(
@@ -567,41 +414,11 @@ class ChainExecutor:
             pause = self._rng.uniform(jitter.min_seconds, jitter.max_seconds)
             await self._sleep(max(0.0, min(pause, walk.deadline - self._clock())))
 
-    async def _succeeded(self, name: str, probe: bool, seconds: float) -> bool:
-        slow_after = self._breakers.policy(name).slow_call_seconds
-        slow = slow_after is not None and seconds > slow_after
-        if slow:
-            logger.warning("{} answered in {:.2f}s: counted as a slow call", name, seconds)
-        await self._breakers.record(name, Outcome.FAILURE if slow else Outcome.SUCCESS, probe=probe)
-        self._health.observe(name, True, seconds)
-        return slow
-
     async def _failed(
         self, candidate: Candidate, failure: UpstreamError, probe: bool, seconds: float, walk: Walk
     ) -> None:
-        name = candidate.provider.name
-        counted = counts_against_breaker(failure)
-        status = failure.status if isinstance(failure, UpstreamHTTPError) else 0
-        walk.log.append(Attempt(name, candidate.model, False, seconds, status,
-                                type(failure).__name__, counted))  # fmt: skip
         walk.failures.append(failure)
-        await self._breakers.record(
-            name, Outcome.FAILURE if counted else Outcome.IGNORED, probe=probe
-        )
-        if counted:
-            self._health.observe(name, False, seconds)
-        logger.warning("attempt on {} ({}) failed: {}", name, candidate.model, failure)
-        if (
-            isinstance(failure, UpstreamHTTPError)
-            and failure.status in CLIENT_FAULT_STATUSES
-            and not isinstance(failure, UpstreamContextLength | UpstreamContentPolicy)
-        ):
-            rejected = UpstreamRejected(f"{candidate.model} rejected the request: {failure.reason}")
-            raise rejected from failure
-
-    async def _release(self, name: str, probe: bool) -> None:
-        if probe:
-            await self._breakers.record(name, Outcome.IGNORED, probe=True)
+        await self.gate.failed(candidate, failure, probe, seconds, walk.log)
 
     # -- tiers ---------------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from services.resilience.fallback_stats import FallbackStatistics
 from services.resilience.health_monitor import HealthMonitor
 from services.resilience.retry_budget import RetryBudget
 from services.routing.executor import ChainExecutor, Failed
+from services.routing.hedging import hedge_delay
 from services.routing.response_cache import ResponseCache
 from services.routing.router import Router
 
@@ -295,14 +296,14 @@ async def test_adaptive_hedge_delay_follows_the_deployments_own_ttft(
     a = Scripted("a", [None])
     executor, _ = build(redis_conn, {"a": a}, Time())
     adaptive = HedgeSettings(adaptive=True, after_seconds=0.2, max_after_seconds=2)
-    assert executor.hedge_delay("a:0", adaptive) == 0.2  # nothing observed yet
+    assert hedge_delay(executor.gate.health, "a:0", adaptive) == 0.2  # nothing observed yet
     for ttft in [0.1] * 90 + [1.0] * 10:
-        executor._health.observe("a:0", True, ttft)
-    assert executor.hedge_delay("a:0", adaptive) == pytest.approx(1.0)
+        executor.gate.health.observe("a:0", True, ttft)
+    assert hedge_delay(executor.gate.health, "a:0", adaptive) == pytest.approx(1.0)
     for _ in range(100):
-        executor._health.observe("a:0", True, 9.0)
-    assert executor.hedge_delay("a:0", adaptive) == 2
-    assert executor.hedge_delay("a:0", HedgeSettings(after_seconds=0.7)) == 0.7
+        executor.gate.health.observe("a:0", True, 9.0)
+    assert hedge_delay(executor.gate.health, "a:0", adaptive) == 2
+    assert hedge_delay(executor.gate.health, "a:0", HedgeSettings(after_seconds=0.7)) == 0.7
 
 
 async def test_deadlines_are_per_deployment_with_the_defaults_behind(
@@ -311,10 +312,10 @@ async def test_deadlines_are_per_deployment_with_the_defaults_behind(
     """A deployment's own ttft_seconds/stall_seconds win; others get 10 s and 10 s."""
     a, b = Scripted("a", [None]), Scripted("b", [None])
     executor, _ = build(redis_conn, {"a": a, "b": b}, Time())
-    executor._deployments = {
+    executor.gate.deployments = {
         "a:0": ("a", Deployment(provider="openai", base_url="http://x/v1", model="a",
                                 ttft_seconds=120, stall_seconds=30)),
         "b:0": ("b", Deployment(provider="openai", base_url="http://x/v1", model="b")),
     }  # fmt: skip
-    assert (executor.ttft_seconds("a:0"), executor.stall_seconds("a:0")) == (120, 30)
-    assert (executor.ttft_seconds("b:0"), executor.stall_seconds("b:0")) == (10, 10)
+    assert (executor.gate.ttft_seconds("a:0"), executor.gate.stall_seconds("a:0")) == (120, 30)
+    assert (executor.gate.ttft_seconds("b:0"), executor.gate.stall_seconds("b:0")) == (10, 10)
