@@ -69,7 +69,7 @@ from services.routing.outcomes import (
 )
 from services.routing.rejections import rejection_targets
 from services.routing.response_cache import ResponseCache
-from services.routing.router import Candidate, Router
+from services.routing.router import Candidate, Plan, Router
 from services.routing.tiers import ReplayedStream, completion_chunks, degraded_completion
 
 __all__ = ["Attempt", "ChainExecutor", "Failed", "Opened", "Routed", "RoutedStream"]
@@ -142,8 +142,9 @@ class ChainExecutor:
             return Failed(exc, tuple(walk.log))
 
     async def _complete(self, selector: str, request: Json, walk: Walk) -> Routed:
-        tiers = self._router.tiers(selector)
-        found = await self._walk(selector, request, walk, self._assemble, bounded=True)
+        resolved = self._router.plan(selector)
+        tiers = resolved.policy.tiers
+        found = await self._walk(resolved, request, walk, self._assemble, bounded=True)
         if found is not None:
             (body, stream), candidate, route = found
             if "cache" in tiers:
@@ -170,12 +171,13 @@ class ChainExecutor:
         )
 
     async def _open_stream(self, selector: str, request: Json, walk: Walk) -> RoutedStream:
-        tiers = self._router.tiers(selector)
+        resolved = self._router.plan(selector)
+        tiers = resolved.policy.tiers
 
         async def opened(result: Opened) -> Opened:
             return result
 
-        found = await self._walk(selector, request, walk, opened, bounded=False)
+        found = await self._walk(resolved, request, walk, opened, bounded=False)
         if found is not None:
             result, candidate, route = found
             return RoutedStream(
@@ -279,17 +281,17 @@ class ChainExecutor:
 
     async def _walk(
         self,
-        selector: str,
+        resolved: Plan,
         request: Json,
         walk: Walk,
         finish: Callable[[Opened], Awaitable[T]],
         *,
         bounded: bool,
     ) -> tuple[T, Candidate, str] | None:
-        plan = deque(self._router.candidates(selector))
-        first_model = self._router.first_model(selector)
-        policy = self._all.retry_policy(selector)
-        hedge = self._all.hedge_policy(selector)
+        plan = deque(resolved.candidates)
+        first_model = resolved.policy.first_model
+        policy = resolved.policy.retry
+        hedge = resolved.policy.hedge
         self._budget.deposit()
         while plan:
             candidate = plan.popleft()

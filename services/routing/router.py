@@ -12,9 +12,29 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from services.config import TIERS, Settings
+from services.config import TIERS, HedgeSettings, RetrySettings, Settings
 from services.errors import NotFound
 from services.providers.base import Provider
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """What a selector's chain says beyond its steps: its tiers, its first model (an answer from
+    any other is a fallback), its retry and hedge policies."""
+
+    tiers: frozenset[str]
+    first_model: str | None
+    retry: RetrySettings
+    hedge: HedgeSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A selector resolved, once per request: the deployments to try in order, and its policy."""
+
+    selector: str
+    candidates: list[Candidate]
+    policy: Policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +54,13 @@ class Router:
         self._deployments = dict(self._static)
         self._chains: dict[str, tuple[str, ...]] = {m: (m,) for m in settings.models}
         self._chains.update({name: tuple(steps) for name, steps in settings.chain_steps().items()})
-        self._tiers = {
-            name: frozenset(step for step in steps if step in TIERS)
+        self._policies = {
+            name: Policy(
+                tiers=frozenset(step for step in steps if step in TIERS),
+                first_model=next((step for step in steps if step not in TIERS), None),
+                retry=settings.retry_policy(name),
+                hedge=settings.hedge_policy(name),
+            )
             for name, steps in self._chains.items()
         }
         # Round-robin start offsets spread load over a model's deployments.
@@ -63,6 +88,12 @@ class Router:
                 f"The model or chain '{selector}' does not exist", code="model_not_found"
             ) from None
 
+    def plan(self, selector: str) -> Plan:
+        """The selector resolved: its candidates (the round robin advances) and its policy;
+        NotFound for an unknown one."""
+        candidates = self.candidates(selector)
+        return Plan(selector, candidates, self._policies[selector])
+
     def candidates(self, selector: str) -> list[Candidate]:
         """Deployments in the order to try them, each at most once."""
         seen: set[str] = set()
@@ -79,12 +110,3 @@ class Router:
                     seen.add(provider.name)
                     ordered.append(Candidate(step, provider))
         return ordered
-
-    def first_model(self, selector: str) -> str | None:
-        """The chain's first model: an answer from any other is a fallback."""
-        return next((step for step in self.resolve(selector) if step not in TIERS), None)
-
-    def tiers(self, selector: str) -> frozenset[str]:
-        """The tier steps (`cache`, `degraded`) of a selector's chain."""
-        self.resolve(selector)  # NotFound for an unknown selector
-        return self._tiers[selector]
