@@ -25,7 +25,7 @@ from services.routing.turn import TurnRecord, tokens_of
 Json = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TurnStart:
     """What is known of a turn when it starts walking its chain."""
 

@@ -28,7 +28,7 @@ class Policy:
     hedge: HedgeSettings
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Plan:
     """A selector resolved, once per request: the deployments to try in order, and its policy."""
 

@@ -22,7 +22,8 @@ from services.routing.outcomes import Attempt
 Json = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+# Not frozen: a frozen dataclass of this size costs ~2.5 µs more to build, on every request.
+@dataclass(slots=True, kw_only=True)
 class TurnRecord:
     """One finished chat turn.
 
