@@ -14,6 +14,7 @@
     │   └── ContentFiltered           a content-policy refusal (code `content_filter`)
     ├── RateLimited           429     the key's requests or tokens per minute are used up
     ├── LedgerUnavailable     503     the ledger is off or its database cannot be reached
+    ├── LedgerFull            503     the ledger cannot record more (`ledger.when_full: refuse`)
     └── UpstreamExhausted     502/503/504  every deployment of the chain failed
     UpstreamError                     raised by provider adapters, never shown raw to a client
     ├── UpstreamConnectError          connection refused/reset before a response (retryable)
@@ -24,8 +25,9 @@
     │   └── UpstreamContentPolicy     400 content-policy refusal
     └── UpstreamProtocolError         an answer that is not a chat completion (fails over)
 
-Adapters translate aiohttp errors into UpstreamError with ``raise ... from exc``; the router turns
-an exhausted chain into UpstreamExhausted; `envelope` is the single renderer used by the app.
+Adapters translate aiohttp errors into UpstreamError with ``raise ... from exc``; the executor
+turns an exhausted chain into UpstreamExhausted (returned as `Failed`, with its attempt log);
+`envelope` is the single renderer used by the app.
 """
 
 from __future__ import annotations
@@ -130,6 +132,18 @@ class LedgerUnavailable(GatewayError):
 
     status = 503
     code = "ledger_unavailable"
+
+
+class LedgerFull(GatewayError):
+    """The ledger holds as many unrecorded records as it may, and the operator chose to refuse
+    new requests rather than answer them unrecorded (`ledger.when_full: refuse`)."""
+
+    status = 503
+    code = "ledger_full"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers["Retry-After"] = "5"
 
 
 class UpstreamExhausted(GatewayError):

@@ -108,8 +108,7 @@ class Gateway:
                 self.metrics.breaker(name, self.breakers.state(name).state)
             runtime = self.ledger_runtime
             if runtime is not None:
-                self.metrics.buffer_len.set(runtime.ledger.pending)
-                self.metrics.wal_size.set(runtime.ledger.wal_size_bytes)
+                self.metrics.ledger_levels(runtime.ledger)
                 if loop.time() - last_snapshot >= self.settings.ledger.health_snapshot_seconds:
                     last_snapshot = loop.time()
                     await runtime.snapshot_health(self.breakers, self.health)
@@ -282,9 +281,10 @@ def turn_observers(
     """Who hears of every finished chat turn: the ledger first (the record that must not be
     lost), then the metrics, the planner's load counter and the rate limiter."""
     observers: list[TurnObserver] = [TurnMetrics(metrics), load, limiter]
-    if ledger_runtime is not None:
-        observers.insert(0, LedgerObserver(settings, ledger_runtime.ledger, table))
-    return Turns(observers)
+    if ledger_runtime is None:
+        return Turns(observers)
+    ledger = LedgerObserver(settings, ledger_runtime.ledger, table)
+    return Turns([ledger, *observers], admissions=[ledger.admit])
 
 
 class GatewayRef:

@@ -10,7 +10,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -166,12 +166,21 @@ def isolated_ledger_env(directory: Path) -> dict[str, str]:
     }
 
 
+def without_file_override() -> list[str]:
+    """A command prefix under which file permissions hold even for root: the capabilities that
+    override them are dropped (for a non-root user they hold anyway)."""
+    if os.geteuid() != 0:
+        return []
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
+
+
 def api_process(
-    config: Path, env: Mapping[str, str], port: int, workers: int = 1
+    config: Path, env: Mapping[str, str], port: int, workers: int = 1, prefix: Sequence[str] = ()
 ) -> subprocess.Popen[bytes]:
-    """`main.py api` as a real process (its ledger next to the config unless `env` says)."""
+    """`main.py api` as a real process (its ledger next to the config unless `env` says), run
+    through `prefix` if given (e.g. `without_file_override()`)."""
     return subprocess.Popen(
-        [sys.executable, MAIN, "api", "--config", str(config), "--port", str(port),
+        [*prefix, sys.executable, MAIN, "api", "--config", str(config), "--port", str(port),
          "--workers", str(workers)],
         # No drain delay unless a test asks: every terminate() would otherwise wait for it.
         env={**os.environ, "FR_API_DRAIN_DELAY_SECONDS": "0", **isolated_ledger_env(config.parent),

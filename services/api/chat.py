@@ -222,6 +222,7 @@ async def route_turn(
         payload, request_id_var.get(), session_id, selector, caller_var.get(), time.perf_counter()
     )
     executor = chat.executor
+    chat.turns.admit()
     chat.turns.started()  # ended by `turns.finished`, here or at the end of the stream
     routed = await (
         executor.open_stream(selector, payload) if stream else executor.complete(selector, payload)

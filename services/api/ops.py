@@ -98,10 +98,12 @@ async def health(parts: Parts) -> Response:
         for name, m in parts.settings.models.items()
     }
     last_write = ledger.last_db_write if ledger is not None else None
-    ledger_ok = ledger is None or (db_ok and ledger.writer != "missing")
+    problem = None
+    if ledger is not None:
+        problem = ledger.problem or (None if db_ok else "database unreachable")
     return json_response(
         {
-            "status": "ok" if redis_ok and ledger_ok else "degraded",
+            "status": "ok" if redis_ok and problem is None else "degraded",
             "providers": {name: board.state(name).state for name in board.names},
             "redis_ok": redis_ok,
             "db_ok": db_ok,
@@ -113,6 +115,8 @@ async def health(parts: Parts) -> Response:
             "mode": "shared" if redis_ok else "fail-open",
             "ledger": "off" if ledger is None else "on",
             "ledger_writer": ledger.writer if ledger is not None else None,
+            "ledger_ok": problem is None,
+            "ledger_problem": problem,
             "planner": parts.replicas.view(),
             "models": models,
             "chains": parts.settings.chain_steps(),
@@ -125,8 +129,7 @@ async def metrics(parts: Parts) -> Response:
     """Prometheus exposition, merged over every worker process."""
     exporter, runtime = parts.metrics, parts.ledger_runtime
     if runtime is not None:
-        exporter.buffer_len.set(runtime.ledger.pending)
-        exporter.wal_size.set(runtime.ledger.wal_size_bytes)
+        exporter.ledger_levels(runtime.ledger)
     for name in parts.breakers.names:
         exporter.breaker(name, parts.breakers.state(name).state)
     return Response(exporter.render(), media_type=exporter.content_type)

@@ -190,6 +190,13 @@ class LedgerSettings(Section):
     # survives a power cut, at the price of a disk flush per request.
     fsync: bool = False
     health_snapshot_seconds: float = Field(60.0, gt=0)
+    # Records held in memory while the database cannot take them (about 0.5 kB each). Past it,
+    # records already safe in the WAL leave memory (replayed once the database is back); when the
+    # WAL cannot hold them either, `when_full` decides: refuse new requests with 503
+    # `ledger_full` (nothing answered goes unrecorded), or answer them unrecorded, counted in
+    # llm_ledger_dropped_records (docs/ledger.md, "Fault model").
+    max_pending_records: int = Field(100_000, ge=100)
+    when_full: Literal["refuse", "answer"] = "refuse"
     # Savings are what the same tokens would have cost on this model.
     reference_model: str = Field("gpt-4o", min_length=1, max_length=128)
     reference_pricing: Pricing = Pricing(input_per_mtok=2.5, output_per_mtok=10.0)

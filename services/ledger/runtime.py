@@ -30,6 +30,12 @@ class LedgerState:
     last_flush_ms: float | None
     last_db_write: datetime | None
     writer: str  # inline | running | missing (an external writer's heartbeat is stale)
+    problem: str | None  # what keeps the ledger from being healthy (None: nothing)
+
+    @property
+    def ok(self) -> bool:
+        """Healthy: nothing waits in memory only, the WAL and the database take records."""
+        return self.problem is None
 
 
 def registry_rows(settings: Settings) -> list[dict[str, Any]]:
@@ -71,6 +77,8 @@ class LedgerRuntime:
             batch_size=settings.ledger.batch_size,
             fsync=settings.ledger.fsync,
             writes_database=settings.ledger.writer != "external",  # auto alone: inline
+            max_pending=settings.ledger.max_pending_records,
+            when_full=settings.ledger.when_full,
         )
         ledger.start()
         try:
@@ -100,7 +108,7 @@ class LedgerRuntime:
         ledger = self.ledger
         if ledger.writes_database:
             return LedgerState(ledger.pending, ledger.wal_size_bytes, ledger.last_flush_ms,
-                               ledger.last_db_write, "inline")  # fmt: skip
+                               ledger.last_db_write, "inline", ledger.problem())  # fmt: skip
         status = read_status(Path(self._settings.ledger.wal_dir))
         alive = status is not None and status.alive(time.time())
         return LedgerState(
@@ -109,6 +117,7 @@ class LedgerRuntime:
             status.last_flush_ms if status else None,
             (status.last_db_write_at if status else None) or ledger.last_db_write,
             "running" if alive else "missing",
+            ledger.problem() or (None if alive else "the external ledger writer is not running"),
         )
 
     async def snapshot_health(self, breakers: BreakerStore, health: HealthMonitor) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.config import Deployment, Settings
+from services.errors import LedgerFull
 from services.ledger.costs import cost_nanousd
 from services.ledger.wal import Ledger, UsageRecord
 from services.routing.outcomes import Attempt, Route
@@ -118,6 +119,14 @@ class LedgerObserver:
     def _provider_kind(self, deployment: str | None) -> str | None:
         found = self._deployments.get(deployment or "")
         return found[1].provider if found is not None else None
+
+    def admit(self) -> None:
+        """Refuse a new turn (503 `ledger_full`) when it could not be recorded."""
+        if self._ledger.refuses_new_turns():
+            raise LedgerFull(
+                "the usage ledger cannot record more requests now (its database and its WAL "
+                "are both unavailable); retry later"
+            )
 
     def turn_started(self) -> None:
         """Nothing to write until the turn ends."""

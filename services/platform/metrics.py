@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -33,6 +33,19 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 def multiprocess_dir() -> str | None:
     """The shared directory when running under several workers, else None."""
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class LedgerLevels(Protocol):
+    """What the metrics read of the ledger (services/ledger/wal.py)."""
+
+    @property
+    def pending(self) -> int: ...
+    @property
+    def wal_size_bytes(self) -> int: ...
+    @property
+    def unlogged(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...
 
 
 class Metrics:
@@ -55,6 +68,19 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.ledger_unlogged = Gauge(
+            "llm_ledger_unlogged_records",
+            "Ledger records held only in memory: their WAL write failed (full disk, I/O error).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.ledger_dropped = Counter(
+            "llm_ledger_dropped_records",
+            "Ledger records lost: answered unrecorded while full (ledger.when_full: answer), or "
+            "left in memory only at exit.",
+            registry=r,
+        )
+        self._dropped_seen = 0
         self.attempts = Counter(
             "llm_attempts", "Upstream attempts.", ["deployment", "model", "outcome"], registry=r
         )
@@ -111,6 +137,15 @@ class Metrics:
         if name not in self._extensions:
             self._extensions[name] = build(self.registry)
         return cast(T, self._extensions[name])
+
+    def ledger_levels(self, ledger: LedgerLevels) -> None:
+        """The ledger's waiting records, WAL bytes, memory-only records and losses."""
+        self.buffer_len.set(ledger.pending)
+        self.wal_size.set(ledger.wal_size_bytes)
+        self.ledger_unlogged.set(ledger.unlogged)
+        if ledger.dropped > self._dropped_seen:
+            self.ledger_dropped.inc(ledger.dropped - self._dropped_seen)
+            self._dropped_seen = ledger.dropped
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)

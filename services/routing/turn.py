@@ -11,7 +11,7 @@ list in `services/gateway.py`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -74,10 +74,19 @@ class TurnObserver(Protocol):
 
 
 class Turns:
-    """The observers of every chat turn, called in order."""
+    """The observers of every chat turn, called in order, and the checks a turn must pass
+    before it starts (`admit`: the ledger refuses turns it could not record)."""
 
-    def __init__(self, observers: Sequence[TurnObserver]) -> None:
+    def __init__(
+        self, observers: Sequence[TurnObserver], admissions: Sequence[Callable[[], None]] = ()
+    ) -> None:
         self.observers = tuple(observers)
+        self.admissions = tuple(admissions)
+
+    def admit(self) -> None:
+        """Raise the GatewayError of the first check that refuses a new turn."""
+        for check in self.admissions:
+            check()
 
     def started(self) -> None:
         for observer in self.observers:
