@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.api.auth import Denied, KeyRing, required_role
 from services.errors import PayloadTooLarge, envelope
-from services.platform.logs import AccessLog
+from services.platform.logs import AccessLog, printable
 from services.platform.request_context import accept_request_id, caller_var, request_id_var
 
 
@@ -94,7 +94,8 @@ class RequestContextMiddleware:
                 await self.app(scope, receive_limited, send_with_id)
         except Exception:  # noqa: BLE001 - the last line of defence: no trace reaches a client
             # Anything that escaped the app's handlers: log it with the trace, answer a plain 500.
-            logger.exception("unhandled error on {} {}", scope["method"], scope["path"])
+            logger.exception("unhandled error on {} {}", printable(scope["method"]),
+                             printable(scope["path"]))  # fmt: skip
             if not state["status"]:
                 await _send_error(send_with_id, 500, "server_error", "internal_error",
                                   "internal error; see the server log")  # fmt: skip

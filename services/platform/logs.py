@@ -128,6 +128,14 @@ class SharedFileSink:
     stop = close
 
 
+def printable(text: str) -> str:
+    """`text` with every control character escaped (`\\n`, `\\x1b`, ...), for log lines that carry
+    client input: a decoded `%0A` in a path must not start a forged line of its own."""
+    if text.isprintable():
+        return text  # the common case: one C-level scan
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class AccessLog:
     """One line per request, written straight to the process's log file.
 
@@ -164,6 +172,7 @@ class AccessLog:
     ) -> None:
         """Write the line for one finished request."""
         now = self._clock()
+        method, path = printable(method), printable(path)
         message = f"{method} {path} {status} {elapsed_ms:.1f}ms" + (
             f" model={model}" if model else ""
         )

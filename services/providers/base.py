@@ -27,6 +27,7 @@ from services.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from services.platform.logs import printable
 from services.providers.shapes import clean_usage
 
 Json = dict[str, Any]
@@ -163,10 +164,11 @@ POLICY_CODES = frozenset({"content_filter", "content_policy_violation"})
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """`text` without anything that looks like a credential, nor any of `secrets`."""
+    """`text` without anything that looks like a credential, nor any of `secrets`, nor a control
+    character (upstream text reaches log lines: it must not forge one)."""
     for secret in secrets:
         text = text.replace(secret, "***")
-    return CREDENTIAL_RE.sub(lambda m: (m.group(1) or "") + "***", text)
+    return printable(CREDENTIAL_RE.sub(lambda m: (m.group(1) or "") + "***", text))
 
 
 def error_fields(raw: bytes) -> tuple[str, str | None, str | None]:

@@ -244,3 +244,16 @@ def test_keys_compare_by_digest_and_name_callers_by_id() -> None:
     assert ring.identify("a-ke") is None and ring.identify("") is None
     boss = ring.identify("boss")
     assert boss is not None and boss.admin
+
+
+def test_a_path_cannot_forge_a_log_line(secured: GatewayServer, tmp_path: Path) -> None:
+    """`%0A` in a path decodes to a newline; the access line escapes it, so the forged text stays
+    inside the one line of that request."""
+    forged = "/livez%0A2099-01-01%2000:00:00.000%20%7C%20CRITICAL%20%7C%20forged:line:1%20-%20owned"
+    status, _, _ = http("GET", secured.base + forged)
+    assert status in (401, 404)  # an unknown route: it asks for a key first
+    lines = b"".join(p.read_bytes() for p in (tmp_path / "logs").glob("*.log")).splitlines()
+    assert not [line for line in lines if line.startswith(b"2099-01-01")], "no forged line"
+    request_lines = [line for line in lines if b"forged:line" in line]
+    assert len(request_lines) == 1 and b"/livez\\n2099-01-01" in request_lines[0]
+    assert b"| INFO     | access" in request_lines[0]

@@ -126,6 +126,10 @@ def test_credentials_in_upstream_error_text_are_redacted() -> None:
     text = "bad header Authorization: Bearer sk-live-123456789 x-api-key: abcdef secret42"
     clean = redact(text, ("secret42",))
     assert "123456789" not in clean and "abcdef" not in clean and "secret42" not in clean
+    forging = redact("oops\n2099-01-01 00:00:00.000 | CRITICAL | x\x1b[2J")
+    assert "\n" not in forging and "\x1b" not in forging and "\\n2099" in forging, (
+        "upstream text reaches log lines: control characters are escaped"
+    )
 
 
 def test_probe_urls() -> None:
