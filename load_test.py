@@ -114,6 +114,12 @@ async def run(args: argparse.Namespace, progress: Progress | None) -> tuple[list
     connector = aiohttp.TCPConnector(limit=args.concurrency)
     results: list[Result] = []
     async with aiohttp.ClientSession(headers=headers, timeout=timeout, connector=connector) as http:
+        try:  # one clear line, not a traceback nor a table of 1,000 errors, when nobody answers
+            async with http.get(args.url + "/livez", timeout=aiohttp.ClientTimeout(total=5)):
+                pass
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SystemExit(f"cannot reach the gateway at {args.url}: "
+                             f"{type(exc).__name__}: {exc or 'timed out'}") from None  # fmt: skip
         sessions: list[str | None] = [None] * args.concurrency
         if not args.openai:
             for i in range(args.concurrency):  # one session per concurrent client

@@ -73,7 +73,11 @@ def create_app(
             await gw.close()
             ref.set(None)
 
-    app = FastAPI(title="Fallback Routing", version=__version__, lifespan=lifespan)
+    # strict_content_type=False: the admin and ledger POST routes read a JSON body sent without a
+    # Content-Type, as the chat routes do (curl -d). The browser CSRF this check guards against
+    # is refused by the middleware instead (a cross-site request while no keys are configured).
+    app = FastAPI(title="Fallback Routing", version=__version__, lifespan=lifespan,
+                  strict_content_type=False)  # fmt: skip
     app.state.gateway = ref
     app.add_middleware(
         RequestContextMiddleware,

@@ -94,7 +94,7 @@ async def circuit_breakers(parts: Parts) -> Response:
     )
 
 
-@routes.post("/circuit-breakers/{name}/reset")
+@routes.post("/circuit-breakers/{name:path}/reset")
 async def reset_breaker(name: str, parts: Parts) -> Response:
     """Close a deployment's breaker by hand, for every API process."""
     board = parts.breakers

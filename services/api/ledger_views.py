@@ -270,7 +270,7 @@ async def record(usage: ExternalUsage, parts: Parts) -> Response:
     return json_response({"recorded": True, "id": entry.id, "cost_usd": usd(cost)}, 201)
 
 
-@routes.post("/providers/{name}/enable")
+@routes.post("/providers/{name:path}/enable")
 async def enable(name: str, body: EnableRequest, parts: Parts) -> Response:
     """Switch a provider on or off; routing follows at once here, within a sync elsewhere."""
     known(parts, name)

@@ -43,7 +43,9 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        client_id, declared_length, authorization, header_bytes = _scan_headers(scope["headers"])
+        client_id, declared_length, authorization, header_bytes, cross_site = _scan_headers(
+            scope["headers"]
+        )
         request_id = accept_request_id(client_id)
         token = request_id_var.set(request_id)
         rid_header = (b"x-request-id", request_id.encode())
@@ -79,6 +81,10 @@ class RequestContextMiddleware:
                 await _send_error(send_with_id, 431, "invalid_request_error", "headers_too_large",
                                   f"request headers are larger than {self.max_header_bytes} "
                                   "bytes")  # fmt: skip
+            elif cross_site and not self.keys.enabled:
+                await _send_error(send_with_id, 403, "invalid_request_error", "cross_site_request",
+                                  "a browser page of another site may not call a gateway that "
+                                  "has no API keys configured")  # fmt: skip
             elif isinstance(verdict, Denied):
                 challenge = [(b"www-authenticate", b"Bearer")] if verdict.status == 401 else []
                 await _send_error(send_with_id, verdict.status, "invalid_request_error",
@@ -113,12 +119,14 @@ class RequestContextMiddleware:
 
 def _scan_headers(
     headers: list[tuple[bytes, bytes]],
-) -> tuple[str | None, bytes | None, str | None, int]:
-    """One pass over the headers: the client's request id, Content-Length, Authorization, and
-    the headers' total size."""
+) -> tuple[str | None, bytes | None, str | None, int, bool]:
+    """One pass over the headers: the client's request id, Content-Length, Authorization, the
+    headers' total size, and whether a browser says the request comes from another site
+    (`Sec-Fetch-Site: cross-site`: a page on the web calling a gateway on this machine)."""
     client_id = authorization = None
     declared_length = None
     header_bytes = 0
+    cross_site = False
     for name, value in headers:
         header_bytes += len(name) + len(value) + 4
         if name == b"x-request-id":
@@ -127,7 +135,9 @@ def _scan_headers(
             declared_length = value
         elif name == b"authorization":
             authorization = value.decode("latin-1")
-    return client_id, declared_length, authorization, header_bytes
+        elif name == b"sec-fetch-site":
+            cross_site = value == b"cross-site"
+    return client_id, declared_length, authorization, header_bytes, cross_site
 
 
 # A body refused for its size is still read (and dropped) up to this much before the 413: a

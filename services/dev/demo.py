@@ -143,8 +143,11 @@ async def _run_phases(
     secondary: SimulatedModelServer,
     requests: int,
     concurrency: int,
+    carried: Counter[tuple[str, str]],
 ) -> list[PhaseResult]:
-    """The demo's phases in order, each with its faults set on the simulated models."""
+    """The demo's phases in order, each with its faults set on the simulated models. A reset
+    zeroes a breaker's counters: what they held is added to `carried` first, so that the
+    summary counts every trip and failure of the run."""
     known = [f"question {i}" for i in range(requests)]
     fresh = [f"another question {i}" for i in range(requests)]
     phases: list[PhaseResult] = []
@@ -152,6 +155,10 @@ async def _run_phases(
     async def phase(name: str, prompts: list[str], stream: bool = False, **faults: Any) -> None:
         # Each fault phase starts from closed breakers, so it shows the trip itself.
         if faults:
+            async with http.get(base + "/circuit-breakers") as resp:
+                for name_, view in (await resp.json())["circuit_breakers"].items():
+                    carried[name_, "trips"] += view["trips"]
+                    carried[name_, "total_failures"] += view["total_failures"]
             for name_ in ("primary:0", "secondary:0"):
                 async with http.post(f"{base}/circuit-breakers/{name_}/reset") as resp:
                     resp.raise_for_status()
@@ -221,7 +228,10 @@ async def run_demo(requests: int, concurrency: int, log_dir: str) -> dict[str, A
         while not server.started:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         async with aiohttp.ClientSession() as http:
-            phases = await _run_phases(http, base, primary, secondary, requests, concurrency)
+            carried: Counter[tuple[str, str]] = Counter()
+            phases = await _run_phases(
+                http, base, primary, secondary, requests, concurrency, carried
+            )
             async with http.get(base + "/api/admin/fallback/statistics") as resp:
                 stats = await resp.json()
             async with http.get(base + "/circuit-breakers") as resp:
@@ -230,7 +240,11 @@ async def run_demo(requests: int, concurrency: int, log_dir: str) -> dict[str, A
             "phases": [p.row() for p in phases],
             "statistics": stats,
             "breakers": {
-                n: {"state": b["state"], "trips": b["trips"], "total_failures": b["total_failures"]}
+                n: {
+                    "state": b["state"],
+                    "trips": b["trips"] + carried[n, "trips"],
+                    "total_failures": b["total_failures"] + carried[n, "total_failures"],
+                }
                 for n, b in breakers.items()
             },
             "upstream_calls": {"primary": primary.requests, "secondary": secondary.requests},

@@ -297,11 +297,15 @@ class ChainExecutor:
             candidate = plan.popleft()
             name = candidate.provider.name
             if name in self.gate.disabled or not self._health.healthy(name):
+                walk.skipped[name] = (
+                    "disabled by an operator" if name in self.gate.disabled else "unhealthy"
+                )
                 continue
             retries = 0
             while True:
                 admission = await self.gate.admit(name)
                 if admission is Admission.REJECT:
+                    walk.skipped.setdefault(name, "circuit breaker open")
                     break
                 probe = admission is Admission.PROBE
                 if walk.attempts and not self._budget.try_withdraw():

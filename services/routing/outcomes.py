@@ -106,6 +106,8 @@ class Walk:
     log: list[Attempt] = field(default_factory=list)
     deadline_hit: bool = False
     budget_exhausted: bool = False
+    # Deployments passed over without a call, and why: disabled, unhealthy, circuit breaker open.
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def exhausted(selector: str, walk: Walk) -> UpstreamExhausted:
@@ -125,9 +127,9 @@ def exhausted(selector: str, walk: Walk) -> UpstreamExhausted:
             code="retry_budget_exhausted",
         )
     elif not walk.failures:
+        why = "; ".join(f"{name}: {reason}" for name, reason in walk.skipped.items())
         error = UpstreamExhausted(
-            f"no deployment of '{selector}' is available (circuit breakers open or "
-            "deployments unhealthy)",
+            f"no deployment of '{selector}' is available ({why or 'none has a replica up'})",
             status=503,
             code="no_deployment_available",
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
@@ -143,3 +144,35 @@ def test_client_request_id_is_echoed_only_when_safe(gateway: GatewayServer) -> N
         "x-request-id"
     ]
     assert replaced != "a b<script>" and len(replaced) == 16
+
+
+def test_admin_posts_read_a_json_body_sent_without_a_content_type(gateway: GatewayServer) -> None:
+    """`curl -d '{"enabled": false}'` style: no Content-Type, still JSON, like the chat routes;
+    and the 503 that follows says the deployment was disabled."""
+    url = gateway.base + "/api/llm/providers/primary:0/enable"
+    for enabled in (False, True):
+        raw = json.dumps({"enabled": enabled}).encode()
+        sent = httpx.post(url, content=raw)  # httpx sets no Content-Type for raw bytes
+        assert "content-type" not in sent.request.headers
+        status, body = sent.status_code, sent.content
+        assert status == 200 and json.loads(body) == {"name": "primary:0", "enabled": enabled}
+        if not enabled:
+            turn = {"model": "primary", "messages": [{"role": "user", "content": "hi"}]}
+            status, _, answer = http("POST", gateway.base + "/v1/chat/completions", turn)
+            error = _assert_envelope(status, answer, 503)
+            assert "primary:0: disabled by an operator" in error["message"]
+
+
+def test_a_browser_page_of_another_site_cannot_call_a_keyless_gateway(
+    gateway: GatewayServer,
+) -> None:
+    """Without API keys the gateway trusts its loopback; a cross-site page's fetch (which a
+    browser marks `Sec-Fetch-Site: cross-site`) is refused, same-origin calls are not."""
+    url = gateway.base + "/api/llm/providers/primary:0/enable"
+    raw = b'{"enabled": false}'
+    status, _, body = http("POST", url, raw=raw, headers={"Sec-Fetch-Site": "cross-site"})
+    assert _assert_envelope(status, body, 403)["code"] == "cross_site_request"
+    status, _, _ = http(
+        "GET", gateway.base + "/v1/models", headers={"Sec-Fetch-Site": "same-origin"}
+    )
+    assert status == 200

@@ -8,6 +8,7 @@ import sys
 
 from load_test import Result, percentile, summarize
 from services.config import ROOT
+from services.platform.redis_connection import free_port
 from tests.helpers import GatewayServer, SimProcess
 
 
@@ -61,3 +62,15 @@ def test_summary_percentiles() -> None:
     assert summary["requests_per_second"] == 50.5
     assert summary["errors"] == {"ClientConnectorError": 1}
     assert percentile([], 50) == 0.0
+
+
+def test_a_gateway_that_is_down_gets_one_clear_line() -> None:
+    """Nobody listening: exit 1 with one line that says so, no traceback and no table."""
+    url = f"http://127.0.0.1:{free_port()}"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "load_test.py"), "--url", url, "--requests", "5"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert done.returncode == 1
+    assert lines == [lines[0]] and lines[0].startswith(f"cannot reach the gateway at {url}")

@@ -371,3 +371,21 @@ def test_redis_outage_mid_traffic(
                 store.close()
     finally:
         server.stop()
+
+
+def test_deployment_names_with_slashes_are_reset_and_switched(
+    redis_url: str, primary: SimProcess, tmp_path: Path
+) -> None:
+    """The config accepts `/` in a deployment name (`org/model`); its breaker reset and its
+    switch are found by that name."""
+    models = {"primary": openai_model(primary.openai_url, "p", name="acme/primary-1")}
+    settings = settings_for(redis_url, tmp_path / "logs", models,
+                            resilience={"health": {"enabled": False}})  # fmt: skip
+    with GatewayServer(create_app(settings, environ={})) as server:
+        status, _, body = http("POST", server.base + "/circuit-breakers/acme/primary-1/reset", {})
+        assert status == 200 and json.loads(body)["name"] == "acme/primary-1"
+        url = server.base + "/api/llm/providers/acme/primary-1/enable"
+        status, _, body = http("POST", url, {"enabled": False})
+        assert status == 200 and json.loads(body)["enabled"] is False
+        status, _, _ = http("POST", server.base + "/circuit-breakers/acme/nope/reset", {})
+        assert status == 404
