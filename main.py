@@ -157,7 +157,7 @@ def api(
 
     settings, environ, path = _load(config)
     bind_host = host or settings.api.host
-    keys = KeyRing.from_env(environ)
+    keys = KeyRing.from_env(environ, settings.api.metrics_key)
     if (refusal := bind_refusal(bind_host, keys)) is not None:
         typer.echo(refusal, err=True)
         raise typer.Exit(2)

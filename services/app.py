@@ -83,7 +83,7 @@ def create_app(
         RequestContextMiddleware,
         max_body_bytes=settings.api.max_body_bytes,
         max_header_bytes=settings.api.max_header_bytes,
-        keys=KeyRing.from_env(environ),
+        keys=KeyRing.from_env(environ, settings.api.metrics_key),
         access_log=access_log,
     )
     _install_error_handlers(app)
@@ -134,7 +134,8 @@ def app_from_env() -> FastAPI:
     settings = load_settings(environ=environ)
     key_envs = [d.api_key_env for m in settings.models.values() for d in m.deployments]
     key_envs += [s.scaler.api_key_env for s in (settings.capacity.large, settings.capacity.small)]
-    secrets = [*secret_values(key_envs, environ), *KeyRing.from_env(environ).secrets]
+    keys = KeyRing.from_env(environ, settings.api.metrics_key)
+    secrets = [*secret_values(key_envs, environ), *keys.secrets]
     sink = configure_logging("api_server", settings.log, secrets=secrets)
     # Worker processes (--workers > 1) are spawned fresh: route uvicorn's own logging here too.
     intercept_stdlib_logging(settings.log.level)

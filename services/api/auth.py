@@ -1,7 +1,8 @@
 """API keys (SPEC §10): client keys from `FR_API_KEYS` (comma-separated) and an admin key from
 `FR_ADMIN_KEY`, sent as `Authorization: Bearer <key>`.
 
-    public   /livez /readyz /health /metrics (probes and scrapers), /docs /openapi.json
+    public   /livez /readyz /health (probes), /docs /openapi.json
+    metrics  /metrics: public, unless `api.metrics_key` is set (then that key or the admin key)
     admin    /api/admin/*, POST /circuit-breakers/{name}/reset, POST /api/llm/record,
              POST /api/llm/providers/{name}/enable
     client   everything else; the admin key is accepted wherever a client key is
@@ -23,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-Role = Literal["public", "client", "admin"]
+Role = Literal["public", "metrics", "client", "admin"]
 
 PUBLIC_PATHS = frozenset(
     {"/livez", "/readyz", "/health", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
@@ -34,6 +35,8 @@ ANONYMOUS = "anonymous"
 
 def required_role(method: str, path: str) -> Role:
     """Who may call `method path` (pure: the table above)."""
+    if path == "/metrics":
+        return "metrics"  # public unless `api.metrics_key` is set
     if path in PUBLIC_PATHS:
         return "public"
     if path.startswith("/api/admin/"):
@@ -76,20 +79,31 @@ class Denied:
 class KeyRing:
     """The configured keys, as digests."""
 
-    def __init__(self, client_keys: list[str], admin_key: str | None) -> None:
+    def __init__(
+        self, client_keys: list[str], admin_key: str | None, metrics_key: str | None = None
+    ) -> None:
         self._clients = [digest(k) for k in client_keys]
         self._admin = digest(admin_key) if admin_key else None
-        self.secrets = [*client_keys, *([admin_key] if admin_key else [])]
+        self._metrics = digest(metrics_key) if metrics_key else None
+        self.secrets = [k for k in (*client_keys, admin_key, metrics_key) if k]
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> KeyRing:
+    def from_env(cls, environ: Mapping[str, str], metrics_key: str | None = None) -> KeyRing:
+        """Client keys from FR_API_KEYS, the admin key from FR_ADMIN_KEY; the scrape key is the
+        setting `api.metrics_key` (FR_API_METRICS_KEY)."""
         clients = [k.strip() for k in environ.get("FR_API_KEYS", "").split(",") if k.strip()]
         admin = environ.get("FR_ADMIN_KEY", "").strip() or None
-        return cls(clients, admin)
+        return cls(clients, admin, metrics_key or None)
 
     @property
     def enabled(self) -> bool:
+        """Whether client or admin keys are configured (without them: loopback, all open)."""
         return bool(self._clients) or self._admin is not None
+
+    @property
+    def active(self) -> bool:
+        """Whether any request may be refused for its key (a metrics key alone guards /metrics)."""
+        return self.enabled or self._metrics is not None
 
     def identify(self, presented: str) -> Caller | None:
         """The caller a key belongs to; every digest is compared, whatever matches first."""
@@ -104,6 +118,8 @@ class KeyRing:
 
     def check(self, role: Role, authorization: str | None) -> Caller | Denied:
         """Admit or refuse a request needing `role`, from its Authorization header."""
+        if role == "metrics":
+            return self._check_scrape(authorization)
         if not self.enabled:
             return OPEN_ACCESS
         if role == "public":
@@ -121,6 +137,20 @@ class KeyRing:
         if role == "admin" and not caller.admin:
             return Denied(403, "insufficient_permissions", "This endpoint needs the admin key")
         return caller
+
+    def _check_scrape(self, authorization: str | None) -> Caller | Denied:
+        """/metrics: open without a metrics key; with one, that key or the admin key."""
+        if self._metrics is None:
+            return PUBLIC_CALLER if self.enabled else OPEN_ACCESS
+        scheme, _, presented = (authorization or "").partition(" ")
+        candidate = digest(presented.strip()) if scheme.lower() == "bearer" else b""
+        allowed = hmac.compare_digest(candidate, self._metrics)
+        if self._admin is not None:
+            allowed |= hmac.compare_digest(candidate, self._admin)
+        if not allowed:
+            return Denied(401, "invalid_api_key", "/metrics needs 'Authorization: Bearer "
+                          "<api.metrics_key>' (or the admin key)")  # fmt: skip
+        return PUBLIC_CALLER
 
 
 def is_loopback(host: str) -> bool:

@@ -121,6 +121,15 @@ def router_headers(model: str, attempts: int, fallback: str) -> dict[str, str]:
     }
 
 
+def session_not_found(session_id: str) -> NotFound:
+    """The 404 for a session that does not exist, expired, or belongs to another API key (which
+    must not learn that it exists)."""
+    return NotFound(
+        f"session '{session_id}' does not exist or has expired; call /initiate_call",
+        code="session_not_found",
+    )
+
+
 def known_selector(chat: ChatParts, name: str) -> str:
     """`name` if it is a configured model or chain, else 404."""
     if not chat.router.knows(name):
@@ -156,12 +165,14 @@ async def within_rate_limit(chat: ChatParts) -> None:
 async def initiate_call(request: Request, parts: Parts) -> Response:
     """Create or re-pin a session to a model or chain (default: the current routing target)."""
     chat = parts()
+    await within_rate_limit(chat)
     body = validate(INITIATE_CALL, await read_json(request, allow_empty=True))
     selector = (
         known_selector(chat, body.model) if body.model else chat.replicas.new_session_selector()
     )
     session_id = body.session_id or new_request_id() + new_request_id()
-    await chat.sessions.pin(session_id, selector)
+    if not await chat.sessions.pin(session_id, selector, caller_var.get()):
+        raise session_not_found(session_id)
     chat.metrics.sessions.inc()
     return json_response(
         {"session_id": session_id, "model": selector, "expires_in": chat.sessions.ttl_seconds}
@@ -174,12 +185,9 @@ async def chat_completions(request: Request, parts: Parts) -> Response:
     await within_rate_limit(chat)
     raw = await read_json(request)
     body = validate(SESSION_CHAT, raw)
-    pinned = await chat.sessions.selector(body.session_id)
+    pinned = await chat.sessions.selector(body.session_id, caller_var.get())
     if pinned is None:
-        raise NotFound(
-            f"session '{body.session_id}' does not exist or has expired; call /initiate_call",
-            code="session_not_found",
-        )
+        raise session_not_found(body.session_id)
     selector = known_selector(chat, body.model) if body.model else usable_selector(chat, pinned)
     payload = {k: v for k, v in raw.items() if k not in SESSION_ONLY_KEYS}
     if body.message is not None:
@@ -200,11 +208,14 @@ async def openai_chat_completions(request: Request, parts: Parts) -> Response:
     session_id = request.headers.get("x-session-id")
     if session_id is not None:
         validate(SESSION_CHAT, {"session_id": session_id, "message": ""})
-        pinned = await chat.sessions.selector(session_id)
-        if pinned is None:
-            await chat.sessions.pin(session_id, selector)
-        else:
+        caller = caller_var.get()
+        # During a Redis outage an unseen session takes the requested model (not the default),
+        # pinned here and written back without overwriting a pin Redis may already hold.
+        pinned = await chat.sessions.selector(session_id, caller, unknown=None)
+        if pinned is not None:
             selector = usable_selector(chat, pinned)
+        elif not await chat.sessions.pin(session_id, selector, caller, replace=False):
+            raise session_not_found(session_id)
     return await route_turn(chat, selector, raw, {}, session_id, body.stream, True)
 
 

@@ -75,7 +75,7 @@ class RequestContextMiddleware:
 
         caller_token = None
         try:
-            role = required_role(scope["method"], scope["path"]) if self.keys.enabled else "client"
+            role = required_role(scope["method"], scope["path"]) if self.keys.active else "client"
             verdict = self.keys.check(role, authorization)
             if header_bytes > self.max_header_bytes:
                 await _send_error(send_with_id, 431, "invalid_request_error", "headers_too_large",

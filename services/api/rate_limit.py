@@ -18,6 +18,7 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 
 from services.config import RateLimitSettings
+from services.platform.lua import LuaScript
 from services.platform.redis_gate import REDIS_ERRORS, RedisGate
 from services.routing.turn import TurnRecord
 
@@ -44,7 +45,7 @@ class RateLimiter:
         self._settings = settings
         self._prefix = f"{prefix}rl:"
         self._clock = clock
-        self._admit = redis.register_script(ADMIT_LUA)
+        self._admit = LuaScript(redis, ADMIT_LUA)
         self._spent: dict[tuple[str, int], int] = {}
 
     @property

@@ -24,6 +24,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from services.capacity.policy import READY, STARTING
+from services.platform.lua import LuaScript
 from services.routing.turn import TurnRecord
 
 # Renew or release the lock only if we still own it (never someone else's, after an expiry).
@@ -127,8 +128,8 @@ class PlannerLock:
         self._key = keys(prefix)["lock"]
         self._ttl_ms = max(1, int(ttl_seconds * 1000))
         self.owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._renew = redis.register_script(RENEW_LUA)
-        self._release = redis.register_script(RELEASE_LUA)
+        self._renew = LuaScript(redis, RENEW_LUA)
+        self._release = LuaScript(redis, RELEASE_LUA)
 
     async def hold(self) -> bool:
         """Take the lock if free, renew it if ours; whether we may act this tick."""

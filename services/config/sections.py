@@ -34,6 +34,9 @@ class ApiSettings(Section):
     # stop sending first); in-flight requests and streams then get `shutdown_grace_seconds`.
     drain_delay_seconds: float = Field(5.0, ge=0)
     shutdown_grace_seconds: float = Field(30.0, ge=0)
+    # When set (best through FR_API_METRICS_KEY), /metrics needs `Authorization: Bearer <it>` or
+    # the admin key: its totals say what every tenant spends (docs/security.md).
+    metrics_key: str | None = Field(None, min_length=16, max_length=256, repr=False)
 
 
 class RedisSettings(Section):

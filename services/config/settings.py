@@ -214,6 +214,8 @@ def effective_config(settings: Settings, environ: Mapping[str, str]) -> dict[str
     data = settings.model_dump(mode="json", by_alias=True)
     data["redis"]["url"] = redact_url(settings.redis.url)
     data["database"]["url"] = redact_url(settings.database.url)
+    if settings.api.metrics_key:
+        data["api"]["metrics_key"] = "***"
     for model in data["models"].values():
         for deployment in model["deployments"]:
             key_env = deployment.get("api_key_env")

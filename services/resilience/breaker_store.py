@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from loguru import logger
 
 from services.config import BreakerSettings
+from services.platform.lua import LuaScript
 from services.platform.redis_gate import REDIS_ERRORS, RedisGate
 from services.resilience import breaker
 from services.resilience.breaker import CLOSED, OPEN, Admission, BreakerState, Outcome
@@ -197,7 +198,7 @@ class BreakerStore:
         # Wall-clock time: every process compares it with deadlines written by the others.
         self._clock = clock
         self._rng = rng or random.Random()
-        self._script = redis.register_script(BREAKER_LUA)
+        self._script = LuaScript(redis, BREAKER_LUA)
         self._generation = uuid.uuid4().hex[:12]  # used only if this process creates the hash
         self._states = {name: breaker.new_state(p) for name, p in self._policies.items()}
         self._pending = dict.fromkeys(self._policies, 0)

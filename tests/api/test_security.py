@@ -14,11 +14,18 @@ import redis.asyncio as aioredis
 from services.api.auth import KeyRing, bind_refusal, required_role
 from services.api.rate_limit import RateLimiter
 from services.app import create_app
-from services.config import RateLimitSettings
+from services.config import RateLimitSettings, effective_config
 from services.platform.logs import AccessLog, configure_logging
 from services.platform.redis_gate import RedisGate
 from services.routing.turn import TurnRecord
-from tests.helpers import GatewayServer, SimProcess, http, openai_model, settings_for
+from tests.helpers import (
+    GatewayServer,
+    SimProcess,
+    http,
+    openai_model,
+    settings_for,
+    wait_until,
+)
 
 CLIENT_KEY = "fr-client-4f9a1c0e7d2b"
 OTHER_CLIENT_KEY = "fr-client-77aa01bb92cc"
@@ -69,7 +76,7 @@ ENDPOINTS: list[tuple[str, str, Any, str]] = [
     ("GET", "/livez", None, "public"),
     ("GET", "/readyz", None, "public"),
     ("GET", "/health", None, "public"),
-    ("GET", "/metrics", None, "public"),
+    ("GET", "/metrics", None, "metrics"),
     ("GET", "/openapi.json", None, "public"),
 ]
 
@@ -94,7 +101,7 @@ def test_keys_are_required_where_they_should_be(
 ) -> None:
     url = secured.base + path
     status, headers, raw = http(method, url, body)
-    if role == "public":
+    if role in ("public", "metrics"):  # /metrics: public while no api.metrics_key is set
         assert status not in (401, 403)
         return
     assert status == 401 and headers["www-authenticate"] == "Bearer"
@@ -252,8 +259,59 @@ def test_a_path_cannot_forge_a_log_line(secured: GatewayServer, tmp_path: Path) 
     forged = "/livez%0A2099-01-01%2000:00:00.000%20%7C%20CRITICAL%20%7C%20forged:line:1%20-%20owned"
     status, _, _ = http("GET", secured.base + forged)
     assert status in (401, 404)  # an unknown route: it asks for a key first
+
+    def request_lines() -> list[bytes]:
+        logs = b"".join(p.read_bytes() for p in (tmp_path / "logs").glob("*.log"))
+        return [line for line in logs.splitlines() if b"forged:line" in line]
+
+    # The access line is written once the response has gone out: wait for it.
+    wait_until(lambda: request_lines(), what="the access line")
     lines = b"".join(p.read_bytes() for p in (tmp_path / "logs").glob("*.log")).splitlines()
     assert not [line for line in lines if line.startswith(b"2099-01-01")], "no forged line"
-    request_lines = [line for line in lines if b"forged:line" in line]
-    assert len(request_lines) == 1 and b"/livez\\n2099-01-01" in request_lines[0]
-    assert b"| INFO     | access" in request_lines[0]
+    written = request_lines()
+    assert len(written) == 1 and b"/livez\\n2099-01-01" in written[0]
+    assert b"| INFO     | access" in written[0]
+
+
+def test_a_session_belongs_to_the_key_that_created_it(secured: GatewayServer) -> None:
+    """Another key gets 404 for it, on a turn, on /initiate_call (no re-pin) and through
+    X-Session-ID; its owner keeps using it."""
+    base, mine, theirs = secured.base, bearer(CLIENT_KEY), bearer(OTHER_CLIENT_KEY)
+    status, _, raw = http("POST", base + "/initiate_call", {"model": "primary"}, mine)
+    session_id = json.loads(raw)["session_id"]
+    turn = {"session_id": session_id, "message": "hi"}
+    status, _, raw = http("POST", base + "/chat_completions", turn, theirs)
+    assert status == 404 and json.loads(raw)["error"]["code"] == "session_not_found"
+    status, _, _ = http("POST", base + "/initiate_call", {"session_id": session_id}, theirs)
+    assert status == 404, "no re-pin of another key's session"
+    with_header = {**theirs, "X-Session-ID": session_id}
+    assert http("POST", base + "/v1/chat/completions", TURN, with_header)[0] == 404
+    assert http("POST", base + "/chat_completions", turn, mine)[0] == 200
+
+
+def test_initiate_call_counts_against_the_rate_limit(secured: GatewayServer) -> None:
+    """3 requests per minute: the fourth /initiate_call is a 429 with Retry-After."""
+    statuses = [http("POST", secured.base + "/initiate_call", {}, bearer(CLIENT_KEY))
+                for _ in range(4)]  # fmt: skip
+    assert [s for s, _, _ in statuses] == [200, 200, 200, 429]
+    assert int(statuses[-1][1]["retry-after"]) >= 1
+
+
+def test_metrics_can_require_a_scrape_key(
+    redis_url: str, primary: SimProcess, tmp_path: Path
+) -> None:
+    """With `api.metrics_key`, /metrics needs that key (or the admin key); a client key is
+    refused, and the key is never logged nor shown by check-config."""
+    scrape_key = "fr-metrics-0123456789abcdef"
+    models = {"primary": openai_model(primary.openai_url, "p")}
+    settings = settings_for(redis_url, tmp_path / "logs", models, api={"metrics_key": scrape_key},
+                            resilience={"health": {"enabled": False}})  # fmt: skip
+    with GatewayServer(create_app(settings, environ=ENVIRON)) as server:
+        url = server.base + "/metrics"
+        assert http("GET", url)[0] == 401
+        assert http("GET", url, headers=bearer(CLIENT_KEY))[0] == 401
+        status, _, body = http("GET", url, headers=bearer(scrape_key))
+        assert status == 200 and b"llm_buffer_len" in body
+        assert http("GET", url, headers=bearer(ADMIN_KEY))[0] == 200
+        assert http("GET", server.base + "/health")[0] == 200, "probes stay public"
+    assert effective_config(settings, {})["api"]["metrics_key"] == "***"

@@ -351,6 +351,12 @@ def test_redis_outage_mid_traffic(
                 assert status == 200
                 made_during = json.loads(raw)["session_id"]
                 assert chat(made_during)[1]["x-router-model"] == "primary"
+                # An OpenAI client's new X-Session-ID takes the model it asks for, not the
+                # default chain, and keeps it for the next turn.
+                sdk = {"X-Session-ID": "sdk-during"}
+                answers = [http("POST", gw.base + "/v1/chat/completions", turn("secondary"),
+                                sdk)[1]["x-router-model"] for _ in range(2)]  # fmt: skip
+                assert answers == ["secondary", "secondary"]
             finally:
                 os.kill(server.pid, signal.SIGCONT)
             assert during == [200] * 200
@@ -362,7 +368,8 @@ def test_redis_outage_mid_traffic(
             assert chat(made_during)[1]["x-router-model"] == "primary"
             store = redis.Redis.from_url(server.url, decode_responses=True)
             try:
-                assert store.get(f"fr:session:{made_during}") == "primary"
+                assert store.get(f"fr:session:{made_during}") == "anonymous primary"
+                assert store.get("fr:session:sdk-during") == "anonymous secondary", "written back"
                 primary.behave(failure_rate=1.0)
                 for _ in range(5):
                     http("POST", gw.base + "/v1/chat/completions", turn("default"))
