@@ -71,8 +71,11 @@ class UpstreamSettings(Section):
     # walk's `resilience.deadline_seconds`); liveness is the first-token and stall deadlines.
     request_timeout_seconds: float = Field(60.0, gt=0)
     max_connections: int = Field(1000, ge=1)
-    # One SSE line (or a whole JSON answer) longer than this is a protocol error, not a 500.
+    # One SSE line longer than this is a protocol error, not a 500.
     max_line_bytes: int = Field(1_048_576, ge=1024)
+    # A whole answer (stream or JSON) larger than this fails over: one runaway upstream must not
+    # take the process's memory with it.
+    max_response_bytes: int = Field(10_485_760, ge=65_536)
 
 
 class SessionSettings(Section):

@@ -239,7 +239,7 @@ class AnthropicProvider(HTTPAdapter):
         self, resp: aiohttp.ClientResponse, out: ResponseChunkStream
     ) -> AsyncIterator[Json]:
         if is_json(resp):  # the server ignored `stream: true`
-            raw = await read_json(resp, self.name, self._max_line)
+            raw = await read_json(resp, self.name, self._max_response)
             body = to_chat_completion(raw, self.name)
             out.usage_rejected = "usage" in raw and "usage" not in body
             for translated in completion_chunks(body):
@@ -247,7 +247,7 @@ class AnthropicProvider(HTTPAdapter):
             return
         translator = StreamTranslator(self.name, self.upstream_model, self._secrets, out)
         # Closed here when message_stop returns early (an abandoned generator costs a task).
-        batches = sse_batches(resp, self.name, self._max_line)
+        batches = sse_batches(resp, self.name, self._max_line, self._max_response)
         async with contextlib.aclosing(batches):
             async for batch in batches:
                 for event, data in batch:

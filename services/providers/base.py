@@ -80,6 +80,7 @@ class HTTPAdapter:
         timeout: aiohttp.ClientTimeout,
         probe: ProbeSettings | None = None,
         max_line_bytes: int = 1_048_576,
+        max_response_bytes: int = 10_485_760,
         secrets: tuple[str, ...] = (),
     ) -> None:
         self.name = name
@@ -92,6 +93,7 @@ class HTTPAdapter:
         self._session = session
         self._timeout = timeout
         self._max_line = max_line_bytes
+        self._max_response = max_response_bytes
         self._secrets = tuple(s for s in (api_key, *secrets) if s)
 
     def endpoint(self, base_url: str) -> str:
@@ -316,13 +318,17 @@ class SSEParser:
 
 
 async def sse_batches(
-    resp: aiohttp.ClientResponse, deployment: str, max_line: int
+    resp: aiohttp.ClientResponse, deployment: str, max_line: int, max_total: int = 10_485_760
 ) -> AsyncGenerator[list[tuple[str, bytes]], None]:
     """The (event, data) pairs of a text/event-stream body, a list per block received;
-    transport errors are classified."""
+    transport errors are classified, and a body over `max_total` bytes is a protocol error."""
     parser = SSEParser(deployment, max_line)
+    received = 0
     try:
         async for block in resp.content.iter_any():
+            received += len(block)
+            if received > max_total:
+                raise UpstreamProtocolError(deployment, f"answer larger than {max_total} bytes")
             events = parser.feed(block)
             if events:
                 yield events

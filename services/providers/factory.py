@@ -32,6 +32,7 @@ def build_provider(
         "timeout": aiohttp.ClientTimeout(total=None, sock_connect=up.connect_timeout_seconds),
         "probe": deployment.probe,
         "max_line_bytes": up.max_line_bytes,
+        "max_response_bytes": up.max_response_bytes,
     }
     if deployment.provider == "anthropic":
         return AnthropicProvider(name, **kwargs)  # type: ignore[arg-type]

@@ -58,7 +58,7 @@ class OpenAIProvider(HTTPAdapter):
         self, resp: aiohttp.ClientResponse, out: ResponseChunkStream
     ) -> AsyncIterator[Json]:
         if is_json(resp):
-            body = completion_ok(await read_json(resp, self.name, self._max_line), self.name)
+            body = completion_ok(await read_json(resp, self.name, self._max_response), self.name)
             if "usage" in body:
                 body["usage"] = out.usage(body["usage"])
             for chunk in completion_chunks(body):
@@ -67,7 +67,9 @@ class OpenAIProvider(HTTPAdapter):
         finished = False
         # Closed here, not left to the garbage collector: an abandoned async generator costs
         # the event loop a task to finalise it.
-        async with contextlib.aclosing(sse_batches(resp, self.name, self._max_line)) as batches:
+        async with contextlib.aclosing(
+            sse_batches(resp, self.name, self._max_line, self._max_response)
+        ) as batches:
             async for batch in batches:
                 for _event, data in batch:
                     if data == b"[DONE]":

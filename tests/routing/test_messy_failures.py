@@ -483,3 +483,23 @@ def test_without_hedging_a_slow_primary_is_waited_for(
     assert time.monotonic() - started >= 1
     assert answer.choices[0].message.content == full_text("primary-upstream")
     assert secondary.stats()["requests"] == 0
+
+
+def test_an_answer_larger_than_max_response_bytes_fails_over(
+    closing: ExitStack, redis_url: str, sims_60: tuple[SimProcess, SimProcess], tmp_path: Path
+) -> None:
+    """A runaway upstream (50,000 tokens, ~400 kB) against a 64 kB bound: the read stops at the
+    bound, the attempt counts for the breaker, and the secondary answers."""
+    primary, secondary = sims_60
+    primary.behave(response_tokens=50_000)
+    models = {"primary": openai_model(primary.openai_url, "primary-upstream"),
+              "secondary": openai_model(secondary.openai_url, "secondary-upstream")}  # fmt: skip
+    settings = settings_for(redis_url, tmp_path / "logs", models,
+                            {"default": ["primary", "secondary"]},
+                            upstream={"max_response_bytes": 65_536})  # fmt: skip
+    with GatewayServer(create_app(settings, environ={})) as server:
+        answer = client(closing, server).chat.completions.with_raw_response.create(**ask())
+        assert answer.status_code == 200 and answer.headers["x-router-model"] == "secondary"
+        assert answer.parse().choices[0].message.content == full_text("secondary-upstream")
+        view = json.loads(http("GET", server.base + "/circuit-breakers")[2])["circuit_breakers"]
+        assert view["primary:0"]["total_failures"] == 1
