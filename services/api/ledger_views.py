@@ -36,6 +36,7 @@ from services.ledger.costs import cost_nanousd, savings, usd
 from services.ledger.runtime import LedgerRuntime
 from services.ledger.switches import OperatorSwitches
 from services.ledger.wal import UsageRecord, record_id
+from services.platform.request_context import caller_var, sees_all_var
 from services.resilience.breaker_store import BreakerStore
 from services.resilience.health_monitor import HealthMonitor
 
@@ -93,6 +94,18 @@ Parts = Annotated[LedgerViewParts, Depends(gateway_parts)]
 routes = APIRouter(prefix="/api/llm")
 
 
+def own_key() -> str | None:
+    """Whose usage the caller may see: None (everyone's) for the admin key or a keyless
+    gateway, else the caller's own key id."""
+    return None if sees_all_var.get() else caller_var.get()
+
+
+def scope() -> str:
+    """What a usage view covers, as its answers say."""
+    key = own_key()
+    return "all" if key is None else f"key:{key}"
+
+
 def engine(parts: LedgerViewParts) -> Any:
     """The ledger's database engine; 503 when the ledger is off."""
     runtime = parts.ledger_runtime
@@ -132,7 +145,7 @@ async def metrics(parts: Parts, days: Days = 7, provider: str | None = None) -> 
     """Per provider: requests, success rate, attempts, tokens, cost, latency."""
     if provider is not None:
         known(parts, provider)
-    rows = await query(ledger_db.usage_by_provider(engine(parts), days, provider))
+    rows = await query(ledger_db.usage_by_provider(engine(parts), days, provider, own_key()))
     out: dict[str, dict[str, Any]] = {}
     for row in rows:
         name = row["deployment"] or "(none)"
@@ -166,13 +179,13 @@ async def metrics(parts: Parts, days: Days = 7, provider: str | None = None) -> 
         entry["success_rate"] = (
             round((attempts - entry["failed_attempts"]) / attempts, 4) if attempts else None
         )
-    return json_response({"days": days, "provider": provider, "providers": out})
+    return json_response({"days": days, "provider": provider, "scope": scope(), "providers": out})
 
 
 @routes.get("/costs")
 async def costs(parts: Parts, days: Days = 30) -> Response:
     """Total cost, local vs remote requests, and savings against the reference model."""
-    rows = await query(ledger_db.usage_by_provider(engine(parts), days))
+    rows = await query(ledger_db.usage_by_provider(engine(parts), days, api_key_id=own_key()))
     billed = [r for r in rows if r["kind"] in ledger_db.BILLED_KINDS]
     actual = sum(r["cost_nanousd"] or 0 for r in billed)
     tokens_in = sum(r["tokens_in"] or 0 for r in billed)
@@ -192,6 +205,7 @@ async def costs(parts: Parts, days: Days = 30) -> Response:
     return json_response(
         {
             "days": days,
+            "scope": scope(),
             "total_cost_usd": usd(actual),
             "total_requests": sum(r["calls"] for r in billed),
             "local_requests": sum(r["calls"] for r in billed if r["local"]),
@@ -214,7 +228,7 @@ async def costs(parts: Parts, days: Days = 30) -> Response:
 @routes.get("/trends")
 async def trends(parts: Parts, days: Days = 30) -> Response:
     """Daily (UTC) requests, tokens and cost per provider, oldest day first."""
-    rows = await query(ledger_db.daily(engine(parts), days))
+    rows = await query(ledger_db.daily(engine(parts), days, own_key()))
     by_day: dict[str, dict[str, Any]] = {}
     for row in rows:
         day = by_day.setdefault(
@@ -235,7 +249,8 @@ async def trends(parts: Parts, days: Days = 30) -> Response:
         day["cost_usd"] = usd(day.pop("cost_nanousd", 0))
         for entry in day["providers"].values():
             entry["cost_usd"] = usd(entry.pop("cost_nanousd"))
-    return json_response({"days": days, "daily": [{"day": d, **v} for d, v in by_day.items()]})
+    daily = [{"day": d, **v} for d, v in by_day.items()]
+    return json_response({"days": days, "scope": scope(), "daily": daily})
 
 
 @routes.post("/record", status_code=201)

@@ -16,7 +16,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.api.auth import Denied, KeyRing, required_role
 from services.errors import PayloadTooLarge, envelope
 from services.platform.logs import AccessLog, printable
-from services.platform.request_context import accept_request_id, caller_var, request_id_var
+from services.platform.request_context import (
+    accept_request_id,
+    caller_var,
+    request_id_var,
+    sees_all_var,
+)
 
 
 class RequestContextMiddleware:
@@ -73,7 +78,7 @@ class RequestContextMiddleware:
                     raise PayloadTooLarge(f"request body is larger than {limit} bytes")
             return message
 
-        caller_token = None
+        caller_token = sees_all_token = None
         try:
             role = required_role(scope["method"], scope["path"]) if self.keys.active else "client"
             verdict = self.keys.check(role, authorization)
@@ -97,6 +102,7 @@ class RequestContextMiddleware:
                                   too_large.message)  # fmt: skip
             else:
                 caller_token = caller_var.set(verdict.key_id)
+                sees_all_token = sees_all_var.set(verdict.admin)
                 await self.app(scope, receive_limited, send_with_id)
         except Exception:  # noqa: BLE001 - the last line of defence: no trace reaches a client
             # Anything that escaped the app's handlers: log it with the trace, answer a plain 500.
@@ -115,6 +121,8 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
             if caller_token is not None:
                 caller_var.reset(caller_token)
+            if sees_all_token is not None:
+                sees_all_var.reset(sees_all_token)
 
 
 def _scan_headers(

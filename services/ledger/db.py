@@ -67,6 +67,7 @@ records = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
     sa.Column("day", sa.Date, nullable=False),
+    sa.Column("api_key_id", sa.String(32)),  # whose usage (migration 0002); None: external/old
     # No secondary index: every index is paid for by every request. Ids start with their
     # millisecond timestamp (services/ledger/wal.py `record_id`), so the primary key answers time
     # ranges; on SQLite the table is clustered by it (one B-tree insert per record).
@@ -331,9 +332,10 @@ def since(days: int, now: datetime | None = None) -> date:
 
 
 async def usage_by_provider(
-    engine: AsyncEngine, days: int, provider: str | None = None
+    engine: AsyncEngine, days: int, provider: str | None = None, api_key_id: str | None = None
 ) -> list[dict[str, Any]]:
-    """Per deployment over the window: requests, failures, tokens, cost, latency, local flag."""
+    """Per deployment over the window: requests, failures, tokens, cost, latency, local flag;
+    one key's usage only when `api_key_id` is given."""
     r = records.c
     ok = sa.case((r.outcome == "ok", 1), else_=0)
     # A request answered by its first call has no attempt row of its own (services/ledger/usage.py).
@@ -359,18 +361,49 @@ async def usage_by_provider(
     )
     if provider is not None:
         query = query.where(r.deployment == provider)
+    if api_key_id is not None:
+        query = query.where(r.api_key_id == api_key_id)
     async with engine.connect() as conn:
         return [_plain(row) for row in await conn.execute(query)]
 
 
-async def daily(engine: AsyncEngine, days: int) -> list[dict[str, Any]]:
-    """The daily aggregates of the window, oldest first."""
+async def daily(
+    engine: AsyncEngine, days: int, api_key_id: str | None = None
+) -> list[dict[str, Any]]:
+    """The daily aggregates of the window, oldest first; for one key, summed from its records
+    (the aggregates have no key dimension: one more index on every insert was not worth it)."""
+    if api_key_id is not None:
+        return await _daily_of_key(engine, days, api_key_id)
     d = daily_costs.c
     query = (
         sa.select(daily_costs).where(d.day >= since(days)).order_by(d.day, d.deployment, d.model)
     )
     async with engine.connect() as conn:
         return [_plain(row) for row in await conn.execute(query)]
+
+
+async def _daily_of_key(engine: AsyncEngine, days: int, api_key_id: str) -> list[dict[str, Any]]:
+    r = records.c
+    query = (
+        sa.select(
+            r.day,
+            sa.func.coalesce(r.deployment, "").label("deployment"),
+            r.model,
+            sa.func.count().label("requests"),
+            sa.func.sum(r.tokens_in).label("tokens_in"),
+            sa.func.sum(r.tokens_out).label("tokens_out"),
+            sa.func.sum(r.cost_nanousd).label("cost_nanousd"),
+        )
+        .where(r.id >= window_start_id(days), r.kind.in_(BILLED_KINDS), r.api_key_id == api_key_id)
+        .group_by(r.day, r.deployment, r.model)
+        .order_by(r.day, r.deployment, r.model)
+    )
+    async with engine.connect() as conn:
+        rows = [_plain(row) for row in await conn.execute(query)]
+    for row in rows:
+        if isinstance(row["day"], str):  # SQLite returns the stored text
+            row["day"] = date.fromisoformat(row["day"])
+    return rows
 
 
 async def last_write(engine: AsyncEngine) -> datetime | None:

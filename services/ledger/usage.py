@@ -152,6 +152,7 @@ class LedgerObserver:
             session_id=turn.session_id,
             original_model=turn.selector,
             attempts=len(turn.attempts),
+            api_key_id=turn.caller,
         )
         implied = turn.answered and len(turn.attempts) == 1 and turn.attempts[0].ok
         rows = [request] if implied else [request, *self._attempt_rows(turn)]
@@ -176,6 +177,7 @@ class LedgerObserver:
                 request_id=turn.request_id,
                 session_id=turn.session_id,
                 original_model=turn.selector,
+                api_key_id=turn.caller,
             )
             for attempt in turn.attempts
         ]

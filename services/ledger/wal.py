@@ -99,6 +99,7 @@ class UsageRecord:
     attempts: int = 0
     ts: float = field(default_factory=time.time)
     id: str = field(default_factory=record_id)
+    api_key_id: str | None = None  # the caller's key id (services/api/auth.py), never the key
 
     def to_row(self) -> dict[str, Any]:
         """The database row (UTC timestamp and day)."""

@@ -9,6 +9,8 @@ from contextvars import ContextVar
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 # Who is calling: the key id (services/api/auth.py), for rate limits and logs; never the key.
 caller_var: ContextVar[str] = ContextVar("caller", default="anonymous")
+# Whether the caller may see every key's data (the admin key, or no keys configured at all).
+sees_all_var: ContextVar[bool] = ContextVar("sees_all", default=True)
 
 # A client-supplied X-Request-ID is kept only if it is short and plain, so it is safe in logs.
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")

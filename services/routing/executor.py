@@ -21,7 +21,7 @@ For each deployment of the plan (SPEC §6, docs/resilience.md):
 
 When nothing answered: the `cache` tier (if the chain has it), then `degraded` (if it has it),
 else 503 (504 when only timeouts happened). A stream that breaks after content reached the
-client is continued elsewhere by `resume` (services/routing/continuation.py).
+client is continued elsewhere by `resume` (services/routing/resume.py).
 """
 
 from __future__ import annotations
@@ -47,15 +47,11 @@ from services.errors import (
 from services.providers.base import ChunkStream, Json
 from services.providers.shapes import Assembler
 from services.resilience.backoff import backoff_delay
-from services.resilience.breaker import Admission, Outcome
+from services.resilience.breaker import Admission
 from services.resilience.breaker_store import BreakerStore
 from services.resilience.fallback_stats import FallbackStatistics
 from services.resilience.health_monitor import HealthMonitor
 from services.resilience.retry_budget import RetryBudget
-from services.routing.attempt import (
-    counts_against_breaker,
-)
-from services.routing.continuation import continuation_request
 from services.routing.deployment_gate import DeploymentGate
 from services.routing.hedging import hedged_open
 from services.routing.outcomes import (
@@ -69,6 +65,7 @@ from services.routing.outcomes import (
 )
 from services.routing.rejections import rejection_targets
 from services.routing.response_cache import ResponseCache
+from services.routing.resume import resume, stream_broke
 from services.routing.router import Candidate, Plan, Router
 from services.routing.tiers import ReplayedStream, completion_chunks, degraded_completion
 
@@ -210,60 +207,13 @@ class ChainExecutor:
 
     async def stream_broke(self, routed: RoutedStream, failure: UpstreamError) -> None:
         """A stream failed after its first token: the breaker and health monitor hear of it,
-        and the ledger's attempt log."""
-        name = routed.deployment
-        self._stats.count("streams_interrupted")
-        if name is None:
-            return
-        routed.broken.add(name)
-        model = self.gate.model_of(name, routed.model)
-        routed.log.append(Attempt(name, model, False, 0.0, 0, type(failure).__name__, True))
-        self._health.observe(name, False, 0.0)
-        await self._breakers.record(name, Outcome.FAILURE)
+        and the ledger's attempt log (services/routing/resume.py)."""
+        await stream_broke(self.gate, routed, failure)
 
     async def resume(self, routed: RoutedStream, sent_text: str) -> Opened | None:
         """Continue a broken stream on the next usable deployment of its plan; None if none
-        could (no deployment left, the budget spent, or each one failed or refused)."""
-        for candidate in self._router.candidates(routed.selector):
-            name = candidate.provider.name
-            if name in routed.broken or not self.gate.usable(name):
-                continue
-            prefill = self.gate.prefill(name)
-            request = continuation_request(routed.request, sent_text, prefill=prefill)
-            if not self._budget.try_withdraw():
-                self._stats.count("budget_exhausted")
-                return None
-            admission = await self.gate.admit(name)
-            if admission is Admission.REJECT:
-                continue
-            probe = admission is Admission.PROBE
-            started = self._clock()
-            try:
-                opened = await self.gate.open(candidate, request, self.gate.ttft_seconds(name))
-            except UpstreamError as exc:
-                elapsed = self._clock() - started
-                counted = counts_against_breaker(exc)
-                status = exc.status if isinstance(exc, UpstreamHTTPError) else 0
-                routed.log.append(Attempt(name, candidate.model, False, elapsed, status,
-                                          type(exc).__name__, counted))  # fmt: skip
-                outcome = Outcome.FAILURE if counted else Outcome.IGNORED
-                await self._breakers.record(name, outcome, probe=probe)
-                logger.warning("continuing the stream on {} failed: {}", name, exc)
-                routed.broken.add(name)
-                continue
-            except BaseException:
-                await self.gate.release(name, probe)
-                raise
-            elapsed = self._clock() - started
-            await self.gate.succeeded(name, probe, elapsed)
-            routed.log.append(Attempt(name, candidate.model, True, elapsed, 200))
-            self._stats.count("streams_resumed")
-            logger.info(
-                "stream continued on {} ({})", name, "prefill" if prefill else "instruction"
-            )
-            opened.prefill = prefill
-            return opened
-        return None
+        could (services/routing/resume.py)."""
+        return await resume(self.gate, self._router.candidates(routed.selector), routed, sent_text)
 
     async def _assemble(self, opened: Opened) -> tuple[Json, ChunkStream]:
         """Read the rest of an opened stream into one chat.completion."""
@@ -288,18 +238,12 @@ class ChainExecutor:
         *,
         bounded: bool,
     ) -> tuple[T, Candidate, str] | None:
-        plan = deque(resolved.candidates)
-        first_model = resolved.policy.first_model
-        policy = resolved.policy.retry
-        hedge = resolved.policy.hedge
+        plan, hedge = deque(resolved.candidates), resolved.policy.hedge
         self._budget.deposit()
         while plan:
             candidate = plan.popleft()
             name = candidate.provider.name
-            if name in self.gate.disabled or not self._health.healthy(name):
-                walk.skipped[name] = (
-                    "disabled by an operator" if name in self.gate.disabled else "unhealthy"
-                )
+            if self._passed_over(name, walk):
                 continue
             retries = 0
             while True:
@@ -308,16 +252,8 @@ class ChainExecutor:
                     walk.skipped.setdefault(name, "circuit breaker open")
                     break
                 probe = admission is Admission.PROBE
-                if walk.attempts and not self._budget.try_withdraw():
-                    walk.budget_exhausted = True
-                    await self.gate.release(name, probe)
-                    return None
-                if walk.attempts and not retries:
-                    await self._fallback_jitter(walk)
-                remaining = walk.deadline - self._clock()
-                if remaining <= 0:
-                    walk.deadline_hit = True
-                    await self.gate.release(name, probe)
+                remaining = await self._time_for_attempt(name, probe, retries, walk)
+                if remaining is None:
                     return None
                 walk.attempts += 1
                 walk.retries += 1 if retries else 0
@@ -348,7 +284,7 @@ class ChainExecutor:
                     won = winner.provider.name
                     slow = await self.gate.succeeded(won, winner_probe, opened.ttft)
                     walk.log.append(Attempt(won, winner.model, True, elapsed, 200, None, slow))
-                    route = "primary" if winner.model == first_model else "fallback"
+                    route = "primary" if winner.model == resolved.policy.first_model else "fallback"
                     self._stats.served(route, winner.model, walk.attempts, walk.retries)
                     return result, winner, route
                 elapsed = self._clock() - started
@@ -357,12 +293,40 @@ class ChainExecutor:
                     return None
                 if self._replan(failure, candidate, plan, walk):
                     break
-                delay = self._retry_delay(failure, retries, policy, plan, walk)
+                delay = self._retry_delay(failure, retries, resolved.policy.retry, plan, walk)
                 if delay is None:
                     break
                 await self._sleep(delay)
                 retries += 1
         return None
+
+    async def _time_for_attempt(
+        self, name: str, probe: bool, retries: int, walk: Walk
+    ) -> float | None:
+        """What is left of the walk for the next attempt on `name`; None (its probe permit
+        returned) when the retry budget is spent or the deadline has passed."""
+        if walk.attempts and not self._budget.try_withdraw():
+            walk.budget_exhausted = True
+            await self.gate.release(name, probe)
+            return None
+        if walk.attempts and not retries:
+            await self._fallback_jitter(walk)
+        remaining = walk.deadline - self._clock()
+        if remaining <= 0:
+            walk.deadline_hit = True
+            await self.gate.release(name, probe)
+            return None
+        return remaining
+
+    def _passed_over(self, name: str, walk: Walk) -> bool:
+        """Whether `name` is skipped without a call (noted with the reason, for the 503)."""
+        if name in self.gate.disabled:
+            walk.skipped[name] = "disabled by an operator"
+        elif not self._health.healthy(name):
+            walk.skipped[name] = "unhealthy"
+        else:
+            return False
+        return True
 
     def _replan(
         self, failure: UpstreamError, candidate: Candidate, plan: deque[Candidate], walk: Walk

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -315,3 +316,33 @@ def test_metrics_can_require_a_scrape_key(
         assert http("GET", url, headers=bearer(ADMIN_KEY))[0] == 200
         assert http("GET", server.base + "/health")[0] == 200, "probes stay public"
     assert effective_config(settings, {})["api"]["metrics_key"] == "***"
+
+
+def test_usage_views_show_a_client_key_only_its_own_usage(
+    secured: GatewayServer, tmp_path: Path
+) -> None:
+    """Two client keys use the gateway; each sees its own requests in /api/llm/costs, /metrics
+    and /trends, the admin key sees them all, and the ledger holds key ids, never keys."""
+    for key, turns in ((CLIENT_KEY, 2), (OTHER_CLIENT_KEY, 1)):
+        for _ in range(turns):
+            assert http("POST", secured.base + "/v1/chat/completions", TURN, bearer(key))[0] == 200
+
+    def costs(key: str) -> dict[str, Any]:
+        return dict(json.loads(http("GET", secured.base + "/api/llm/costs?days=1",
+                                    headers=bearer(key))[2]))  # fmt: skip
+
+    wait_until(lambda: costs(ADMIN_KEY)["total_requests"] == 3, what="the ledger flush")
+    mine, theirs, everyone = costs(CLIENT_KEY), costs(OTHER_CLIENT_KEY), costs(ADMIN_KEY)
+    assert (mine["total_requests"], theirs["total_requests"]) == (2, 1)
+    assert everyone["scope"] == "all" and mine["scope"].startswith("key:")
+    assert mine["scope"] != theirs["scope"]
+    trends = json.loads(http("GET", secured.base + "/api/llm/trends?days=1",
+                             headers=bearer(OTHER_CLIENT_KEY))[2])  # fmt: skip
+    assert sum(day["requests"] for day in trends["daily"]) == 1
+    metrics = json.loads(http("GET", secured.base + "/api/llm/metrics?days=1",
+                              headers=bearer(CLIENT_KEY))[2])  # fmt: skip
+    assert sum(p["requests"] for p in metrics["providers"].values()) == 2
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        owners = {row[0] for row in db.execute("SELECT DISTINCT api_key_id FROM llm_records")}
+    assert owners == {mine["scope"].removeprefix("key:"), theirs["scope"].removeprefix("key:")}
+    assert not owners & {CLIENT_KEY, OTHER_CLIENT_KEY, ADMIN_KEY}, "key ids, never keys"
