@@ -13,6 +13,7 @@
     │   ├── ContextLengthExceeded     too long for every model the chain could send it to
     │   └── ContentFiltered           a content-policy refusal (code `content_filter`)
     ├── RateLimited           429     the key's requests or tokens per minute are used up
+    ├── BudgetExceeded        429     the key's spending budget for the period is used up
     ├── LedgerUnavailable     503     the ledger is off or its database cannot be reached
     ├── LedgerFull            503     the ledger cannot record more (`ledger.when_full: refuse`)
     └── UpstreamExhausted     502/503/504  every deployment of the chain failed
@@ -99,6 +100,18 @@ class RateLimited(GatewayError):
 
     def __init__(self, retry_after: int) -> None:
         super().__init__(f"Rate limit reached for this API key; retry in {retry_after}s")
+        self.headers["Retry-After"] = str(retry_after)
+
+
+class BudgetExceeded(GatewayError):
+    """The key's spending budget for this period is used up (429 with Retry-After: the reset)."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
         self.headers["Retry-After"] = str(retry_after)
 
 

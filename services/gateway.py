@@ -12,6 +12,7 @@ import aiohttp
 import redis.asyncio as aioredis
 from loguru import logger
 
+from services.api.budgets import Budgets
 from services.api.rate_limit import RateLimiter
 from services.capacity.replicas import ReplicaRouting
 from services.capacity.state import LoadReporter
@@ -55,6 +56,7 @@ class Gateway:
     stats: FallbackStatistics
     sessions: SessionStore
     limiter: RateLimiter
+    budgets: Budgets
     # The end of every chat turn: its record (tokens, cost) and the observers that receive it.
     metering: Metering
     turns: Turns
@@ -180,6 +182,7 @@ async def open_gateway(
         build_provider=build_provider,
     )
     limiter = RateLimiter(redis, gate, settings.api.rate_limit, prefix=prefix)
+    budgets = Budgets(redis, gate, settings, prefix=prefix)
     engine = ledger_runtime.engine if ledger_runtime is not None else None
     switches = OperatorSwitches(redis, gate, engine, disabled, prefix=prefix)
     await switches.refresh()
@@ -197,8 +200,9 @@ async def open_gateway(
         stats=stats,
         sessions=sessions,
         limiter=limiter,
+        budgets=budgets,
         metering=Metering(settings),
-        turns=turn_observers(settings, ledger_runtime, table, metrics, load, limiter),
+        turns=turn_observers(settings, ledger_runtime, table, metrics, [load, limiter, budgets]),
         replicas=replicas,
         switches=switches,
         metrics=metrics,
@@ -275,12 +279,12 @@ def turn_observers(
     ledger_runtime: LedgerRuntime | None,
     table: dict[str, tuple[str, Deployment]],
     metrics: Metrics,
-    load: LoadReporter,
-    limiter: RateLimiter,
+    others: list[TurnObserver],
 ) -> Turns:
     """Who hears of every finished chat turn: the ledger first (the record that must not be
-    lost), then the metrics, the planner's load counter and the rate limiter."""
-    observers: list[TurnObserver] = [TurnMetrics(metrics), load, limiter]
+    lost), then the metrics, then `others` (the planner's load counter, the rate limiter, the
+    budgets)."""
+    observers: list[TurnObserver] = [TurnMetrics(metrics), *others]
     if ledger_runtime is None:
         return Turns(observers)
     ledger = LedgerObserver(settings, ledger_runtime.ledger, table)

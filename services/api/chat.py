@@ -29,6 +29,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.routing import Route
 
 from services.api import input_limits
+from services.api.budgets import Budgets
 from services.api.rate_limit import RateLimiter
 from services.api.responses import JSON, json_response
 from services.api.schemas import (
@@ -71,6 +72,8 @@ class ChatParts(Protocol):
     def executor(self) -> ChainExecutor: ...
     @property
     def limiter(self) -> RateLimiter: ...
+    @property
+    def budgets(self) -> Budgets: ...
     @property
     def metering(self) -> Metering: ...
     @property
@@ -234,10 +237,17 @@ async def route_turn(
     )
     executor = chat.executor
     chat.turns.admit()
+    await chat.budgets.reserve(start.request_id, start.caller, selector, payload)
     chat.turns.started()  # ended by `turns.finished`, here or at the end of the stream
-    routed = await (
-        executor.open_stream(selector, payload) if stream else executor.complete(selector, payload)
-    )
+    try:
+        routed = await (
+            executor.open_stream(selector, payload)
+            if stream
+            else executor.complete(selector, payload)
+        )
+    except BaseException:  # the client went away mid-walk: the turn still ends, once
+        chat.turns.finished(chat.metering.failed(start, (), status=499, error="client_closed"))
+        raise
     if isinstance(routed, Failed):
         error = routed.error
         chat.turns.finished(

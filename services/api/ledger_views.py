@@ -33,9 +33,9 @@ from services.config import MODEL_NAME_RE, Deployment, Settings
 from services.errors import InvalidRequest, LedgerUnavailable, NotFound
 from services.ledger import db as ledger_db
 from services.ledger.costs import cost_nanousd, savings, usd
+from services.ledger.records import UsageRecord, record_id
 from services.ledger.runtime import LedgerRuntime
 from services.ledger.switches import OperatorSwitches
-from services.ledger.wal import UsageRecord, record_id
 from services.platform.request_context import caller_var, sees_all_var
 from services.resilience.breaker_store import BreakerStore
 from services.resilience.health_monitor import HealthMonitor

@@ -18,6 +18,27 @@ class RateLimitSettings(Section):
     tokens_per_minute: int = Field(0, ge=0)
 
 
+class KeyBudgetSettings(Section):
+    """Spending limits per API key and period, enforced in Redis (docs/security.md, "Budgets").
+
+    Off unless enabled. A key's limit is the admin API's (`PUT /api/admin/budgets/{key_id}`),
+    else `keys[key_id]`, else `default_usd`; without any, the key has no limit."""
+
+    enabled: bool = False
+    period: Literal["day", "month"] = "month"  # UTC calendar days or months
+    default_usd: float | None = Field(None, ge=0)
+    keys: dict[str, float] = Field(default_factory=dict)  # key id -> USD per period
+    # What a request reserves for its answer when it names no max_tokens: the worst case it may
+    # cost is held until the real cost is known.
+    default_max_tokens: int = Field(4096, ge=1)
+
+    @model_validator(mode="after")
+    def _non_negative(self) -> KeyBudgetSettings:
+        if any(value < 0 for value in self.keys.values()):
+            raise ValueError("budgets.keys: every budget must be at least 0")
+        return self
+
+
 class ApiSettings(Section):
     """The HTTP server."""
 
@@ -30,6 +51,7 @@ class ApiSettings(Section):
     max_content_chars: int = Field(200_000, ge=1)
     max_header_bytes: int = Field(16_384, ge=1024)
     rate_limit: RateLimitSettings = RateLimitSettings()
+    budgets: KeyBudgetSettings = KeyBudgetSettings()
     # SIGTERM: /readyz answers 503 at once; the listener closes this much later (load balancers
     # stop sending first); in-flight requests and streams then get `shutdown_grace_seconds`.
     drain_delay_seconds: float = Field(5.0, ge=0)

@@ -19,7 +19,8 @@ from typing import Any
 from services.config import Deployment, Settings
 from services.errors import LedgerFull
 from services.ledger.costs import cost_nanousd
-from services.ledger.wal import Ledger, UsageRecord
+from services.ledger.records import UsageRecord
+from services.ledger.wal import Ledger
 from services.routing.outcomes import Attempt, Route
 from services.routing.turn import TurnRecord, tokens_of
 

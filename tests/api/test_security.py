@@ -74,6 +74,8 @@ ENDPOINTS: list[tuple[str, str, Any, str]] = [
     ("GET", "/api/llm/health", None, "client"),
     ("POST", "/api/llm/record", {"model": "primary", "tokens_in": 1, "tokens_out": 1}, "admin"),
     ("POST", "/api/llm/providers/primary:0/enable", {"enabled": True}, "admin"),
+    ("GET", "/api/admin/budgets", None, "admin"),
+    ("PUT", "/api/admin/budgets/anonymous", {"budget_usd": 1.0}, "admin"),
     ("GET", "/livez", None, "public"),
     ("GET", "/readyz", None, "public"),
     ("GET", "/health", None, "public"),
@@ -87,7 +89,7 @@ def test_every_route_is_classified(secured: GatewayServer) -> None:
     paths = json.loads(http("GET", secured.base + "/openapi.json")[2])["paths"]
     listed = {path.split("?")[0] for _, path, _, _ in ENDPOINTS}
     for path, methods in paths.items():
-        concrete = path.replace("{name}", "primary:0")
+        concrete = path.replace("{name}", "primary:0").replace("{key_id}", "anonymous")
         assert concrete in listed, f"{path} is not in the auth table of this test"
         for method in methods:
             roles = {

@@ -10,7 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ledger import db as ledger_db
 from services.ledger.db import daily_costs, make_engine, migrate, records
-from services.ledger.wal import Ledger, UsageRecord, decode, encode
+from services.ledger.records import UsageRecord, decode, encode
+from services.ledger.wal import Ledger
 from services.ledger.writer import LedgerWriter, read_status
 
 

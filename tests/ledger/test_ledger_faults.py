@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.app import create_app
 from services.ledger.db import make_engine, records
-from services.ledger.wal import Ledger, UsageRecord, decode, encode
+from services.ledger.records import UsageRecord, decode, encode
+from services.ledger.wal import Ledger
 from services.platform.redis_connection import free_port
 from tests.helpers import (
     GatewayServer,
