@@ -216,7 +216,7 @@ class CapacityPlanner:
         for role in ROLES:
             status = self._statuses.get(role) or ScalerStatus([], 0, 0)
             models[self.models[role]] = PublishedModel(
-                role, self.state.model(role).state, list(status.replicas)
+                role, self.state.model(role).state, list(status.replicas), status.problem
             )
         return PublishedState(
             planner=self.lock.owner,

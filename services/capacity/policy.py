@@ -105,15 +105,18 @@ def advance_lifecycle(
     above: int,
     actions: list[Action],
     reasons: list[str],
-) -> None:
+) -> bool:
     """Replicas that became ready; drained replicas that may now be stopped (not if this very
-    tick scales up again: they are kept rather than stopped and restarted)."""
+    tick scales up again: they are kept rather than stopped and restarted). Answers whether the
+    large model came up this tick."""
     ready_now = {"large": obs.large_ready, "small": obs.small_ready}
+    large_up = False
     for role in ROLES:
         status = models[role]
         if status.state == STARTING and ready_now[role]:
             models[role] = replace(status, state=READY, since=now)
             reasons.append(f"{role} model ready after {now - status.since:.0f}s")
+            large_up |= role == "large"
         elif (
             status.state == STOPPING
             and now - status.since >= policy.drain_seconds
@@ -122,6 +125,7 @@ def advance_lifecycle(
             models[role] = ModelStatus(STOPPED, 0, now)
             actions.append(Action(role, 0))
             reasons.append(f"{role} model drained for {policy.drain_seconds:.0f}s: stopping it")
+    return large_up
 
 
 def decide(state: PlannerState, obs: Observation, now: float, policy: Policy) -> Decision:
@@ -136,7 +140,11 @@ def decide(state: PlannerState, obs: Observation, now: float, policy: Policy) ->
     threshold = state.threshold
 
     # 1. Lifecycle: replicas that became ready, drained ones stopped.
-    advance_lifecycle(models, obs, now, policy, above, actions, reasons)
+    if advance_lifecycle(models, obs, now, policy, above, actions, reasons):
+        # Seed 003: the bar for the next large replica doubles once this one is up (not when it
+        # was asked for: a spin-up that never comes up must not raise the bar).
+        threshold *= 2
+        reasons.append(f"threshold doubled to {threshold:.0f}")
     large, small = models["large"], models["small"]
 
     # 2. Scale up: never while a large replica is still warming (one cold start at a time).
@@ -164,8 +172,6 @@ def decide(state: PlannerState, obs: Observation, now: float, policy: Policy) ->
         elif large.replicas < policy.large_max_replicas:
             large = ModelStatus(STARTING, large.replicas + 1, now)
             actions.append(Action("large", large.replicas))
-            threshold *= 2
-            reasons.append(f"threshold doubled to {threshold:.0f}")
         above = 0
     # 3. Scale down: load low for long, the small model idle, nothing warming.
     elif (

@@ -89,6 +89,7 @@ class ReplicaRouting:
                     "state": entry.state,
                     "replicas": len(entry.replicas),
                     "ready_replicas": sum(r.ready for r in entry.replicas),
+                    "problem": entry.problem,
                 }
                 for model, entry in state.models.items()
             },

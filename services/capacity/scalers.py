@@ -37,6 +37,7 @@ class ScalerStatus:
     replicas: list[Replica]  # the endpoints to route to (one Service for kubernetes)
     wanted: int
     ready_count: int
+    problem: str | None = None  # why the scaler cannot reach `wanted` (it gave up)
 
     @property
     def ready(self) -> bool:
@@ -110,6 +111,10 @@ class ProcessScaler:
         self._log_dir = log_dir
         self._clock = clock
         self._procs: list[_Process] = []
+        self._target = 0  # what the planner asked for: dead replicas are replaced up to it
+        self._failures = 0  # replicas in a row that died or were never ready
+        self._next_start = 0.0  # no replacement before this (backoff)
+        self.problem: str | None = None  # set when it gave up replacing
 
     def argv(self, port: int) -> list[str]:
         """The replica's command line, placeholders substituted."""
@@ -125,49 +130,78 @@ class ProcessScaler:
         return self._settings.base_url.format(port=port, model=self._model)
 
     async def scale_to(self, replicas: int) -> None:
+        self._target = replicas
+        if replicas == 0:
+            self._failures, self.problem = 0, None  # a stop forgives: the next start is fresh
         while len(self._procs) < replicas:
-            port = free_port()
-            argv = self.argv(port)
-            self._log_dir.mkdir(parents=True, exist_ok=True)
-            log = (self._log_dir / f"replica-{self._model}-{port}.log").open("ab")
-            # Its own session (a Ctrl-C aimed at the planner does not skip the drain) and tied
-            # to our lifetime, like the children of `main.py all`; its output in its own file.
-            process = await asyncio.create_subprocess_exec(
-                *argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=die_with_parent,
-            )  # fmt: skip
-            self._procs.append(_Process(port, process, self._clock(), log))
-            logger.info("started {} replica on port {} (pid {}): {}", self._model, port,
-                        process.pid, " ".join(argv))  # fmt: skip
+            await self._start_one()
         while len(self._procs) > replicas:
             await self._stop(self._procs.pop())  # newest first
 
+    async def _start_one(self) -> None:
+        """Start one replica on a free port; its output goes to its own log file."""
+        port = free_port()
+        argv = self.argv(port)
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        log = (self._log_dir / f"replica-{self._model}-{port}.log").open("ab")
+        # Its own session (a Ctrl-C aimed at the planner does not skip the drain) and tied
+        # to our lifetime, like the children of `main.py all`; its output in its own file.
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=die_with_parent,
+        )  # fmt: skip
+        self._procs.append(_Process(port, process, self._clock(), log))
+        logger.info("started {} replica on port {} (pid {}): {}", self._model, port,
+                    process.pid, " ".join(argv))  # fmt: skip
+
     async def status(self) -> ScalerStatus:
+        """The replicas as they are now; dead or never-ready ones are dropped and replaced (with
+        backoff) up to what the planner asked for."""
         replicas = []
         for proc in list(self._procs):
-            code = proc.process.returncode
-            if code is not None:
-                logger.error("{} replica on port {} exited with code {}; replacing it",
-                             self._model, proc.port, code)  # fmt: skip
+            failure = await self._check(proc)
+            if failure is not None:
                 self._procs.remove(proc)
-                proc.log.close()
+                self._failed(failure)
                 continue
-            if not proc.ready:
-                proc.ready = await self._healthy(proc.port)
-                if proc.ready:
-                    logger.info("{} replica on port {} ready after {:.1f}s", self._model,
-                                proc.port, self._clock() - proc.started)  # fmt: skip
-                elif self._clock() - proc.started > self._settings.ready_timeout_seconds:
-                    logger.error(
-                        "{} replica on port {} not ready after {:.0f}s; replacing it",
-                        self._model, proc.port, self._settings.ready_timeout_seconds,
-                    )  # fmt: skip
-                    self._procs.remove(proc)
-                    await self._stop(proc)
-                    continue
             replicas.append(Replica(f"{self._model}:port-{proc.port}", self.base_url(proc.port),
                                     proc.ready))  # fmt: skip
-        return ScalerStatus(replicas, len(self._procs), sum(r.ready for r in replicas))
+        missing = len(self._procs) < self._target and self.problem is None
+        if missing and self._clock() >= self._next_start:
+            await self._start_one()
+        return ScalerStatus(replicas, self._target, sum(r.ready for r in replicas), self.problem)
+
+    async def _check(self, proc: _Process) -> str | None:
+        """Why `proc` must be replaced (it exited, or is not ready in time), or None."""
+        code = proc.process.returncode
+        if code is not None:
+            proc.log.close()
+            return f"exited with code {code}"
+        if proc.ready:
+            return None
+        proc.ready = await self._healthy(proc.port)
+        if proc.ready:
+            self._failures = 0
+            logger.info("{} replica on port {} ready after {:.1f}s", self._model, proc.port,
+                        self._clock() - proc.started)  # fmt: skip
+            return None
+        if self._clock() - proc.started > self._settings.ready_timeout_seconds:
+            await self._stop(proc)
+            return f"not ready after {self._settings.ready_timeout_seconds:.0f}s"
+        return None
+
+    def _failed(self, failure: str) -> None:
+        """Count a replica lost; wait before the next, or give up after `max_restarts`."""
+        self._failures += 1
+        if self._failures > self._settings.max_restarts:
+            self.problem = (f"gave up after {self._settings.max_restarts} restarts: the last "
+                            f"replica {failure}")  # fmt: skip
+            logger.error("{} replicas: {}", self._model, self.problem)
+            return
+        wait = min(self._settings.restart_backoff_seconds * 2 ** (self._failures - 1), 300.0)
+        self._next_start = self._clock() + wait
+        logger.error("{} replica {}; replacing it in {:.0f}s ({} of {} restarts)", self._model,
+                     failure, wait, self._failures, self._settings.max_restarts)  # fmt: skip
 
     async def close(self) -> None:
         await asyncio.gather(*(self._stop(p) for p in self._procs))

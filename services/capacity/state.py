@@ -63,6 +63,7 @@ class PublishedModel:
     role: str  # large | small
     state: str  # stopped | starting | ready | stopping
     replicas: list[Replica] = field(default_factory=list)
+    problem: str | None = None  # why its scaler cannot start what is wanted (it gave up)
 
     def routable(self) -> list[Replica]:
         """Ready replicas of a model that is not being drained."""
@@ -95,7 +96,9 @@ class PublishedState:
         try:
             data = orjson.loads(raw)
             models = {
-                name: PublishedModel(m["role"], m["state"], [Replica(**r) for r in m["replicas"]])
+                name: PublishedModel(
+                    m["role"], m["state"], [Replica(**r) for r in m["replicas"]], m.get("problem")
+                )
                 for name, m in data.pop("models").items()
             }
             return PublishedState(**data, models=models)

@@ -251,6 +251,11 @@ class ScalerSettings(Section):
     health_url: str = Field("http://127.0.0.1:{port}/health", pattern=r"^https?://[^\s]+$")
     ready_timeout_seconds: float = Field(900.0, gt=0)
     stop_grace_seconds: float = Field(10.0, ge=0)
+    # process: a replica that dies, or is never ready, is replaced after this wait (doubling per
+    # consecutive failure, at most 5 minutes); after `max_restarts` failures in a row the scaler
+    # gives up and says why in /health (a ready replica resets the count).
+    restart_backoff_seconds: float = Field(2.0, gt=0)
+    max_restarts: int = Field(5, ge=0)
     # kubernetes: the Deployment to scale. The API server and credentials come from
     # `kubeconfig` if set, else the in-cluster service account.
     namespace: str = Field("default", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

@@ -119,7 +119,8 @@ async def test_published_state_follows_the_scalers_and_the_routing_target(
     state = await read_state(aredis, prefix)
     assert state is not None
     assert state.models["small-model"].state == STARTING
-    assert state.threshold == 2000 and state.observed["log_growth_bytes"] == 5000
+    assert state.threshold == 1000, "doubled only once the large model is up"
+    assert state.observed["log_growth_bytes"] == 5000
     assert await aredis.pttl(keys(prefix)["state"]) > 0, "the state expires without a planner"
     clock.now += 10  # small (10 s) is ready, large (30 s) is not
     await planner.tick()
@@ -130,6 +131,7 @@ async def test_published_state_follows_the_scalers_and_the_routing_target(
     await planner.tick()
     state = await read_state(aredis, prefix)
     assert state is not None and state.target_selector == "default"
+    assert state.threshold == 2000, "the large model is up: the bar for the next one doubles"
 
 
 async def test_api_load_counters_add_up_and_forget_silent_processes(

@@ -54,8 +54,12 @@ def test_scale_up_needs_consecutive_ticks_over_the_threshold() -> None:
     decision = run.tick(1.5 * MB)
     assert decision.actions == [Action("small", 1), Action("large", 1)]
     assert run.state.small.state == STARTING and run.state.large.state == STARTING
-    assert run.state.threshold == 2 * MB, "the threshold doubles after a large spin-up"
     assert any("scaling up" in r for r in decision.reasons)
+    assert run.state.threshold == MB, "not yet: the threshold doubles once the large model is up"
+    run.tick(1.5 * MB, small_ready=True)
+    assert run.state.threshold == MB
+    decision = run.tick(1.5 * MB, small_ready=True, large_ready=True)
+    assert run.state.threshold == 2 * MB and "threshold doubled to 2000000" in decision.reasons
 
 
 def test_a_tick_under_the_threshold_resets_the_count() -> None:
@@ -94,13 +98,15 @@ def test_more_large_replicas_need_the_doubled_threshold() -> None:
     run = Run(Policy(initial_threshold=MB, up_ticks=2, down_ticks=6, quiet_window=60,
                      large_max_replicas=3))  # fmt: skip
     run.tick(1.5 * MB)
-    run.tick(1.5 * MB)  # first spin-up, threshold now 2 MB
+    run.tick(1.5 * MB)  # first spin-up; the threshold doubles to 2 MB once it is up
     for _ in range(4):
         run.tick(1.5 * MB, small_ready=True, large_ready=True)
     assert [a.replicas for a in run.actions if a.role == "large"] == [1]
     run.tick(2.5 * MB, small_ready=True, large_ready=True)
     run.tick(2.5 * MB, small_ready=True, large_ready=True)
     assert [a.replicas for a in run.actions if a.role == "large"] == [1, 2]
+    assert run.state.threshold == 2 * MB
+    run.tick(2.5 * MB, small_ready=True, large_ready=True)  # the second one is up
     assert run.state.threshold == 4 * MB
 
 
