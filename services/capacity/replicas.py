@@ -61,6 +61,7 @@ class ReplicaRouting:
         self._health = health
         self._http = http
         self._table = deployment_table
+        self._metrics = metrics
         self._gauges = metrics.extension("planner", PlannerGauges)
         self._load = load
         self._build = build_provider
@@ -114,16 +115,17 @@ class ReplicaRouting:
             self.state = await read_state(redis, self._settings.redis.key_prefix)
         except REDIS_ERRORS:
             return  # the gate notices; the last known state stays until Redis answers
-        self.apply()
+        await self.retire(self.apply())
         self._gauges.show(self.state)
 
-    def apply(self) -> None:
+    def apply(self) -> list[str]:
         """Make the routable replicas of the planner's state the router's extra deployments.
 
         A replica whose model is draining (`stopping`) or that is not ready is dropped here,
         before the planner stops it. Replicas without an endpoint (the `simulated` scaler) are
-        state only and never routed to."""
+        state only and never routed to. Answers the replicas no longer routed to."""
         capacity = self._settings.capacity
+        gone_all: list[str] = []
         wanted: dict[str, list[Provider]] = {capacity.large.model: [], capacity.small.model: []}
         published = self.state.models if self.state is not None else {}
         for model, managed in (
@@ -142,7 +144,18 @@ class ReplicaRouting:
             for gone in before - {p.name for p in providers}:
                 logger.info("no longer routing to {} replica {}", model, gone)
                 self._replicas.pop(gone, None)
+                gone_all.append(gone)
             self._router.set_replicas(model, providers)
+        return gone_all
+
+    async def retire(self, names: list[str]) -> None:
+        """Replicas no longer routed to leave every view (/circuit-breakers, /health, /metrics,
+        the fallback queue) and their breakers' Redis keys go. A replica that comes back (ready
+        again) is added anew."""
+        for name in names:
+            self._table.pop(name, None)
+            self._metrics.forget_deployment(name)
+            await self._breakers.retire(name)
 
     def _add(self, model: str, managed: CapacityModel, replica: Replica) -> Provider | None:
         """A replica seen for the first time: its adapter, breaker and health window."""

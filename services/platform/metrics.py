@@ -11,6 +11,7 @@ Labelled children are cached in dicts: `.labels()` costs more than the increment
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, cast
@@ -178,6 +179,13 @@ class Metrics:
     def anomaly(self, deployment: str, kind: str, count: int = 1) -> None:
         """Something an upstream sent that had to be skipped or replaced."""
         self._child(self.anomalies, deployment, kind).inc(count)
+
+    def forget_deployment(self, name: str) -> None:
+        """A deployment that is gone (a stopped planner replica): its gauge leaves the
+        exposition (its counters stay: they are history)."""
+        self._children.pop((id(self.breaker_state), name), None)
+        with contextlib.suppress(KeyError):
+            self.breaker_state.remove(name)
 
     def breaker(self, name: str, state: str) -> None:
         """A breaker's current state, as this process sees it."""

@@ -203,19 +203,34 @@ class BreakerStore:
         self._states = {name: breaker.new_state(p) for name, p in self._policies.items()}
         self._pending = dict.fromkeys(self._policies, 0)
         self.rejections = dict.fromkeys(self._policies, 0)
+        # Planner replicas that were stopped: out of the views and the syncs, their Redis key
+        # deleted; their local state is kept so that a call still in flight can end cleanly.
+        self._retired: set[str] = set()
 
     def add(self, name: str, policy: BreakerSettings) -> None:
         """A deployment that appeared at run time (a capacity-planner replica)."""
+        self._retired.discard(name)
         if name not in self._policies:
             self._policies[name] = policy
             self._states[name] = breaker.new_state(policy)
             self._pending[name] = 0
             self.rejections[name] = 0
 
+    async def retire(self, name: str) -> None:
+        """A run-time deployment that is gone: it leaves the views and Redis."""
+        if name not in self._policies or name in self._retired:
+            return
+        self._retired.add(name)
+        if self._gate.available:
+            try:
+                await self._redis.delete(self._prefix + name)
+            except REDIS_ERRORS as exc:
+                self._gate.mark_down(exc)
+
     @property
     def names(self) -> list[str]:
-        """The deployments with a breaker."""
-        return list(self._policies)
+        """The deployments with a breaker (stopped planner replicas excluded)."""
+        return [name for name in self._policies if name not in self._retired]
 
     def policy(self, name: str) -> BreakerSettings:
         """A deployment's breaker settings."""
@@ -279,15 +294,16 @@ class BreakerStore:
             return False
         now = self._clock()
         sent = dict(self._pending)
+        names = self.names
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for name in self._policies:
+                for name in names:
                     await self._call(name, "record", now, None, False, sent[name], client=pipe)
                 replies = await pipe.execute()
         except REDIS_ERRORS as exc:
             self._gate.mark_down(exc)
             return False
-        for name, reply in zip(self._policies, replies, strict=True):
+        for name, reply in zip(names, replies, strict=True):
             self._pending[name] -= sent[name]
             self._update(name, parse_reply(reply, self._policies[name].buckets)[1])
         return True
