@@ -153,6 +153,7 @@ def api(
     import uvicorn
 
     from services.api.auth import KeyRing, bind_refusal
+    from services.api.http_guard import GuardedHttpToolsProtocol
     from services.platform.logs import configure_logging, intercept_stdlib_logging
 
     settings, environ, path = _load(config)
@@ -162,6 +163,9 @@ def api(
         typer.echo(refusal, err=True)
         raise typer.Exit(2)
     os.environ["FR_CONFIG"] = str(path)  # the workers' app factory reads it
+    # The guarded HTTP protocol reads its limits here, in every worker (services/api/http_guard.py).
+    os.environ["FR_API_MAX_HEADER_BYTES"] = str(settings.api.max_header_bytes)
+    os.environ["FR_API_CLIENT_TIMEOUT_SECONDS"] = str(settings.api.client_timeout_seconds)
     worker_count = workers or settings.api.workers
     if worker_count > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several workers share their metrics through files here (set before any worker
@@ -190,7 +194,7 @@ def api(
         port=port or settings.api.port,
         workers=worker_count,
         loop="uvloop",
-        http="httptools",
+        http=GuardedHttpToolsProtocol,  # httptools, with head-size and client deadlines
         access_log=False,  # the gateway logs one line per request itself, with its id
         log_config=None,
         server_header=False,

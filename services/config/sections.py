@@ -50,6 +50,9 @@ class ApiSettings(Section):
     # One message's content (text parts summed), in characters.
     max_content_chars: int = Field(200_000, ge=1)
     max_header_bytes: int = Field(16_384, ge=1024)
+    # A client has this long to send one whole request (head and body), from its first byte;
+    # an idle connection, from the connection or the previous answer (services/api/http_guard.py).
+    client_timeout_seconds: float = Field(30.0, gt=0)
     rate_limit: RateLimitSettings = RateLimitSettings()
     budgets: KeyBudgetSettings = KeyBudgetSettings()
     # SIGTERM: /readyz answers 503 at once; the listener closes this much later (load balancers

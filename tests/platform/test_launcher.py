@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -11,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 import yaml
 
 from services.config import DEFAULT_CONFIG_PATH
@@ -58,7 +61,9 @@ def _default_config_on_free_ports(tmp_path: Path) -> tuple[Path, int]:
     return path, api_port
 
 
-def _start_all(tmp_path: Path, path_env: str) -> tuple[subprocess.Popen[bytes], str]:
+def _start_all(
+    tmp_path: Path, path_env: str, **extra_env: str
+) -> tuple[subprocess.Popen[bytes], str]:
     config, api_port = _default_config_on_free_ports(tmp_path)
     env = {
         **os.environ,
@@ -66,6 +71,7 @@ def _start_all(tmp_path: Path, path_env: str) -> tuple[subprocess.Popen[bytes], 
         "FR_CONFIG": str(config),
         "FR_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing answers: embedded Redis
         **isolated_ledger_env(tmp_path),
+        **extra_env,
     }
     proc = subprocess.Popen([sys.executable, MAIN, "all"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
@@ -114,6 +120,39 @@ def test_all_serves_and_ctrl_c_leaves_nothing(tmp_path: Path, path_env: str, mod
         assert proc.wait(30) == 0
         assert not [pid for pid in family if _alive(pid)]
     finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.slow
+def test_the_planner_keeps_acting_on_the_embedded_fakeredis(tmp_path: Path) -> None:
+    """No redis-server binary: `main.py all` serves on fakeredis, and the planner (ticking every
+    second here) keeps renewing its lock and publishing its state, tick after tick, without a
+    "Redis unreachable" (its Lua scripts used to fail there after the first tick)."""
+    proc, base = _start_all(tmp_path, "/nonexistent", FR_CAPACITY_INTERVAL_SECONDS="1")
+    try:
+        _serves_a_completion(base)
+        launcher_log = (tmp_path / "logs" / "launcher.log").read_text()
+        url = re.search(r"fakeredis at (redis://\S+)", launcher_log)
+        assert url is not None, launcher_log[-2000:]
+        store = redis.Redis.from_url(url.group(1), decode_responses=True)
+        seen: set[float] = set()
+
+        def published_again() -> bool:
+            raw = store.get("fr:capacity:state")
+            if raw is not None:
+                seen.add(json.loads(raw)["updated"])
+            return len(seen) >= 4
+
+        wait_until(published_again, timeout=30, what="four ticks' published states")
+        store.close()
+        capacity_log = (tmp_path / "logs" / "capacity_planning.log").read_text()
+        assert "acting as the capacity planner" in capacity_log
+        assert "Redis unreachable" not in capacity_log
+    finally:
+        proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(30)
         if proc.poll() is None:
             proc.kill()
 
