@@ -59,6 +59,7 @@ __all__ = ["WORDS", "Behaviour", "SimulatedModelServer", "run_simulator"]
 FailureMode = Literal[
     "status", "hang", "drop", "drop_mid_stream", "hang_after_headers", "stall_mid_stream",
     "truncate", "malformed_chunk", "oversized_line", "bogus", "context_length", "content_filter",
+    "echo_headers",
 ]  # fmt: skip
 FAILURE_MODES = frozenset(FailureMode.__args__)  # type: ignore[attr-defined]
 # Modes that fail a request only once its stream (or answer) has started.
@@ -263,6 +264,10 @@ class SimulatedModelServer:
             self.failures += 1
         if mode in {"status", "hang", "drop"}:
             return await self._fail(request, behaviour, openai_format)
+        if mode == "echo_headers":  # a careless upstream: our own credentials in its 400
+            headers = "; ".join(f"{k}: {v}" for k, v in request.headers.items())
+            return self._error(400, "invalid_request_error", f"bad request headers: {headers}",
+                               openai_format)  # fmt: skip
         if mode == "context_length":
             return self._error(400, "invalid_request_error", CONTEXT_LENGTH_ERROR, openai_format,
                                code="context_length_exceeded")  # fmt: skip

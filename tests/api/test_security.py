@@ -348,3 +348,18 @@ def test_usage_views_show_a_client_key_only_its_own_usage(
         owners = {row[0] for row in db.execute("SELECT DISTINCT api_key_id FROM llm_records")}
     assert owners == {mine["scope"].removeprefix("key:"), theirs["scope"].removeprefix("key:")}
     assert not owners & {CLIENT_KEY, OTHER_CLIENT_KEY, ADMIN_KEY}, "key ids, never keys"
+
+
+def test_an_upstream_that_echoes_our_credentials_leaks_nothing(
+    secured: GatewayServer, primary: SimProcess, tmp_path: Path
+) -> None:
+    """The upstream's 400 repeats our request headers, its API key among them: the client gets a
+    400 that names the problem, and the key is in no answer and no log line."""
+    primary.behave(failure_rate=1.0, failure_mode="echo_headers")
+    status, _, body = http("POST", secured.base + "/v1/chat/completions", TURN, bearer(CLIENT_KEY))
+    assert status == 400 and b"bad request headers" in body
+    assert UPSTREAM_KEY.encode() not in body and b"Bearer ***" in body
+    wait_until(lambda: b"bad request headers" in b"".join(
+        p.read_bytes() for p in (tmp_path / "logs").glob("*.log")), what="the log line")  # fmt: skip
+    logs = b"".join(p.read_bytes() for p in (tmp_path / "logs").glob("*.log"))
+    assert UPSTREAM_KEY.encode() not in logs
