@@ -237,7 +237,8 @@ async def route_turn(
     )
     executor = chat.executor
     chat.turns.admit()
-    await chat.budgets.reserve(start.request_id, start.caller, selector, payload)
+    if chat.budgets.enabled:  # off by default: no coroutine on the request path then
+        await chat.budgets.reserve(start.request_id, start.caller, selector, payload)
     chat.turns.started()  # ended by `turns.finished`, here or at the end of the stream
     try:
         routed = await (

@@ -6,8 +6,10 @@ was read whole before its 431), and it has no deadline for a request that arrive
 keep-alive timeout is cancelled by any byte, so 100 slowloris connections sending one byte now
 and then were never closed. This protocol feeds the parser at most `api.max_header_bytes` + 8 KiB
 (the request line's allowance) before the end of the headers, answering 431 past it, and gives
-each request `api.client_timeout_seconds` from its first byte to its last (idle connections too:
-from the connection or the previous response), answering 408 and closing when it runs out.
+each request `api.client_timeout_seconds` from its first byte (for a connection's first request:
+from the connection) to its last, answering 408 and closing when it runs out; a connection that
+sends nothing is closed then too. One timer per request, armed and cancelled: the limits are
+read once per process.
 
 The limits come from the environment (`FR_API_MAX_HEADER_BYTES`, `FR_API_CLIENT_TIMEOUT_SECONDS`),
 which `main.py api` sets from the settings before uvicorn starts its workers: uvicorn builds the
@@ -17,6 +19,7 @@ protocol itself, in every worker, and passes it nothing of ours.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from typing import Any
 
@@ -28,11 +31,13 @@ from services.errors import envelope
 REQUEST_LINE_ALLOWANCE = 8192
 
 
+@functools.cache
 def head_limit() -> int:
     """Bytes a request line and its headers may take together."""
     return int(os.environ.get("FR_API_MAX_HEADER_BYTES", "16384")) + REQUEST_LINE_ALLOWANCE
 
 
+@functools.cache
 def client_timeout() -> float:
     """Seconds a client has to send one whole request."""
     return float(os.environ.get("FR_API_CLIENT_TIMEOUT_SECONDS", "30"))
@@ -79,7 +84,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head, self._receiving, self._head_bytes = True, True, 0
-        self._arm()
+        if self._timer is None:  # a keep-alive connection's next request (the first is armed)
+            self._arm()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -91,9 +97,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        # Idle after an answer: uvicorn's keep-alive timeout closes the connection; the first
+        # byte of a next request arms this deadline again (on_message_begin).
         super().on_response_complete()
         self._in_head, self._head_bytes = True, 0
-        self._arm()  # the next request (or nothing: an idle connection) has its own deadline
 
     def _arm(self) -> None:
         self._disarm()

@@ -15,10 +15,22 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import yaml
 
 from services.app import create_app
 from services.dev.simulator import WORDS
-from tests.helpers import GatewayServer, SimProcess, http, openai_model, settings_for, wait_until
+from services.platform.redis_connection import free_port
+from tests.helpers import (
+    GatewayServer,
+    SimProcess,
+    api_process,
+    healthy,
+    http,
+    openai_model,
+    settings_for,
+    single_model_config,
+    wait_until,
+)
 
 TOKENS = 60
 
@@ -503,3 +515,43 @@ def test_an_answer_larger_than_max_response_bytes_fails_over(
         assert answer.parse().choices[0].message.content == full_text("secondary-upstream")
         view = json.loads(http("GET", server.base + "/circuit-breakers")[2])["circuit_breakers"]
         assert view["primary:0"]["total_failures"] == 1
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident set, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+def test_a_fifty_megabyte_answer_costs_the_gateway_bounded_memory(
+    redis_url: str, primary: SimProcess, secondary: SimProcess, tmp_path: Path
+) -> None:
+    """With the shipped bound (10 MiB), a primary streaming ~50 MB is cut off and the secondary
+    answers; `main.py api`'s resident memory grows by far less than the answer (it grew by
+    149 MB when answers were proxied whole)."""
+    primary.behave(response_tokens=6_000_000)  # about 50 MB of SSE
+    config = single_model_config(tmp_path, redis_url, primary)
+    data = yaml.safe_load(config.read_text())
+    data["models"]["secondary"] = openai_model(secondary.openai_url, "s")
+    data["chains"] = {"default": ["primary", "secondary"]}
+    data["sessions"] = {"default_selector": "default"}
+    config.write_text(yaml.safe_dump(data))
+    port = free_port()
+    proc = api_process(config, {}, port)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: healthy(base + "/readyz"), timeout=60, what="api")
+        warm = {"model": "secondary", "messages": [{"role": "user", "content": "hi"}]}
+        assert http("POST", base + "/v1/chat/completions", warm)[0] == 200
+        before = rss_kib(proc.pid)
+        turn = {"model": "default", "messages": [{"role": "user", "content": "hi"}]}
+        status, headers, _ = http("POST", base + "/v1/chat/completions", turn, timeout=120)
+        growth_mib = (rss_kib(proc.pid) - before) / 1024
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert status == 200 and headers["x-router-model"] == "secondary"
+    assert growth_mib < 30, f"RSS grew by {growth_mib:.1f} MiB"
