@@ -16,6 +16,7 @@ is opened by the app's lifespan, after the routes exist.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import Callable
@@ -246,8 +247,13 @@ async def route_turn(
             if stream
             else executor.complete(selector, payload)
         )
-    except BaseException:  # the client went away mid-walk: the turn still ends, once
-        chat.turns.finished(chat.metering.failed(start, (), status=499, error="client_closed"))
+    except BaseException as exc:  # the client went away mid-walk, or a bug: the turn still ends
+        ended, why = (
+            (499, "client_closed")
+            if isinstance(exc, asyncio.CancelledError)
+            else (500, "internal_error")
+        )
+        chat.turns.finished(chat.metering.failed(start, (), status=ended, error=why))
         raise
     if isinstance(routed, Failed):
         error = routed.error
