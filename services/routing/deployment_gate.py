@@ -153,6 +153,26 @@ class DeploymentGate:
         self.health.observe(name, True, seconds)
         return slow
 
+    async def record_failure(
+        self,
+        candidate: Candidate,
+        failure: UpstreamError,
+        probe: bool,
+        seconds: float,
+        log: list[Attempt],
+    ) -> bool:
+        """Log the failed attempt and tell its breaker; answers whether it counted against it
+        (the walk's `failed` and a stream's continuation share this)."""
+        name = candidate.provider.name
+        counted = counts_against_breaker(failure)
+        status = failure.status if isinstance(failure, UpstreamHTTPError) else 0
+        log.append(Attempt(name, candidate.model, False, seconds, status,
+                           type(failure).__name__, counted))  # fmt: skip
+        await self.breakers.record(
+            name, Outcome.FAILURE if counted else Outcome.IGNORED, probe=probe
+        )
+        return counted
+
     async def failed(
         self,
         candidate: Candidate,
@@ -164,14 +184,7 @@ class DeploymentGate:
         """Report a failure and log the attempt; raise `UpstreamRejected` when the upstream said
         the request itself is wrong (another deployment would say the same)."""
         name = candidate.provider.name
-        counted = counts_against_breaker(failure)
-        status = failure.status if isinstance(failure, UpstreamHTTPError) else 0
-        log.append(Attempt(name, candidate.model, False, seconds, status,
-                           type(failure).__name__, counted))  # fmt: skip
-        await self.breakers.record(
-            name, Outcome.FAILURE if counted else Outcome.IGNORED, probe=probe
-        )
-        if counted:
+        if await self.record_failure(candidate, failure, probe, seconds, log):
             self.health.observe(name, False, seconds)
         logger.warning("attempt on {} ({}) failed: {}", name, candidate.model, failure)
         if (

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from loguru import logger
 
-from services.errors import UpstreamError, UpstreamHTTPError
+from services.errors import UpstreamError
 from services.resilience.breaker import Admission, Outcome
-from services.routing.attempt import counts_against_breaker
 from services.routing.continuation import continuation_request
 from services.routing.deployment_gate import DeploymentGate
 from services.routing.outcomes import Attempt, Opened, RoutedStream
@@ -51,13 +50,7 @@ async def resume(
         try:
             opened = await gate.open(candidate, request, gate.ttft_seconds(name))
         except UpstreamError as exc:
-            elapsed = gate.clock() - started
-            counted = counts_against_breaker(exc)
-            status = exc.status if isinstance(exc, UpstreamHTTPError) else 0
-            routed.log.append(Attempt(name, candidate.model, False, elapsed, status,
-                                      type(exc).__name__, counted))  # fmt: skip
-            outcome = Outcome.FAILURE if counted else Outcome.IGNORED
-            await gate.breakers.record(name, outcome, probe=probe)
+            await gate.record_failure(candidate, exc, probe, gate.clock() - started, routed.log)
             logger.warning("continuing the stream on {} failed: {}", name, exc)
             routed.broken.add(name)
             continue
