@@ -92,16 +92,22 @@ def test_sigkill_loses_no_answered_request(
     for thread in threads:
         thread.start()
     wait_until(lambda: len(answered) >= 200, what="200 answers")
-    os.kill(proc.pid, signal.SIGKILL)  # clients are mid-request
-    proc.wait(10)
+
+    def wal_bytes() -> int:
+        return sum(p.stat().st_size for p in (tmp_path / "wal").glob("wal-*"))
+
     if writer_proc is not None:
+        # The writer dies first, mid-ingest; the API, still answering, then refills the WAL. (Killed
+        # the other way round, the writer could have drained every file just before: nothing to test.)
         os.kill(writer_proc.pid, signal.SIGKILL)
         writer_proc.wait(10)
+        wait_until(lambda: wal_bytes() > 0, what="answered records in the WAL")
+    os.kill(proc.pid, signal.SIGKILL)  # clients are mid-request
+    proc.wait(10)
     stop.set()
     for thread in threads:
         thread.join(10)
-    wal_bytes = sum(p.stat().st_size for p in (tmp_path / "wal").glob("wal-*"))
-    assert wal_bytes > 0, "the records should be waiting in the WAL"
+    assert wal_bytes() > 0, "the records should be waiting in the WAL"
 
     if writer_proc is not None:
         # Only the writer comes back: it alone must find the dead API's open and sealed files.
