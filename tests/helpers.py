@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -14,11 +15,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 import uvicorn
 import yaml
 from fastapi import FastAPI
 
 from services.config import Settings
+from services.ledger.db import make_engine, records
 from services.platform.redis_connection import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,6 +167,22 @@ def isolated_ledger_env(directory: Path) -> dict[str, str]:
         "FR_DATABASE_URL": f"sqlite+aiosqlite:///{directory / 'ledger.db'}",
         "FR_LEDGER_WAL_DIR": str(directory / "wal"),
     }
+
+
+def recorded_request_ids(database_url: str) -> list[str]:
+    """The request ids of every chat turn the ledger database holds (a repeated id is a double
+    record)."""
+
+    async def read() -> list[str]:
+        engine = make_engine(database_url)
+        try:
+            async with engine.connect() as conn:
+                query = sa.select(records.c.request_id).where(records.c.kind == "request")
+                return [row[0] for row in await conn.execute(query)]
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
 
 
 def without_file_override() -> list[str]:

@@ -2,13 +2,17 @@
 `process` scaler starting real simulated model servers with short cold starts, real Redis.
 
 load rises -> the small model comes up first and new sessions are pinned to it while the large
-one warms -> the large one is ready and new sessions go back to it, old ones keep their pin ->
-load falls -> the replicas are drained and stopped; no client request fails at any point."""
+one warms -> the large replica is SIGKILLed while it warms and replaced after its backoff -> the
+large one is ready and new sessions go back to it, old ones keep their pin -> load falls -> the
+replicas are drained and stopped; no client request fails at any point, and after the API stops
+its ledger holds every answered request exactly once."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +25,16 @@ import yaml
 
 from services.capacity.state import PublishedState, keys
 from services.platform.redis_connection import free_port
-from tests.helpers import MAIN, SimProcess, api_process, healthy, http, wait_until
+from tests.helpers import (
+    MAIN,
+    SimProcess,
+    api_process,
+    healthy,
+    http,
+    isolated_ledger_env,
+    recorded_request_ids,
+    wait_until,
+)
 
 
 def planner_config(tmp_path: Path, redis_url: str, static_large: SimProcess) -> Path:
@@ -50,7 +63,7 @@ def planner_config(tmp_path: Path, redis_url: str, static_large: SimProcess) -> 
         },
         "sessions": {"default_selector": "default"},
         "resilience": {"health": {"enabled": False}, "sync_interval_seconds": 0.1},
-        "ledger": {"enabled": False},
+        "ledger": {"flush_interval_seconds": 0.2},
         "capacity": {
             "enabled": True,
             "interval_seconds": 0.5,
@@ -82,6 +95,7 @@ class Clients:
         self.sessions = sessions
         self.statuses: list[int] = []
         self.models: list[str] = []
+        self.answered: list[str] = []  # request ids of the 200s
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self.run, args=(s,)) for s in sessions]
@@ -93,6 +107,8 @@ class Clients:
             with self.lock:
                 self.statuses.append(status)
                 self.models.append(headers.get("x-router-model", ""))
+                if status == 200:
+                    self.answered.append(headers["x-request-id"])
 
     def __enter__(self) -> Clients:
         for thread in self.threads:
@@ -119,6 +135,7 @@ def test_small_model_hides_the_large_models_cold_start_and_nothing_fails(
                                stderr=subprocess.DEVNULL)  # fmt: skip
     store = redis.Redis.from_url(redis_url)
     statuses: list[int] = []
+    answered: list[str] = []
 
     def state() -> PublishedState | None:
         return PublishedState.parse(store.get(keys("fr:")["state"]))
@@ -137,7 +154,11 @@ def test_small_model_hides_the_large_models_cold_start_and_nothing_fails(
                                      {"session_id": session, "message": "hi"})  # fmt: skip
         statuses.append(status)
         assert status == 200, body
+        answered.append(headers["x-request-id"])
         return headers["x-router-model"]
+
+    def planner_log() -> str:
+        return (tmp_path / "logs" / "capacity_planning.log").read_text()
 
     try:
         wait_until(lambda: healthy(base + "/readyz"), timeout=30, what="api")
@@ -160,6 +181,15 @@ def test_small_model_hides_the_large_models_cold_start_and_nothing_fails(
             wait_until(lambda: turn(during_warmup) == "small-model",
                        what="the small replica answering")  # fmt: skip
 
+            # The large replica dies while it warms: the planner starts another after the
+            # backoff (2 s by default) and the model stays "starting" until that one is ready.
+            started = re.search(r"started large-model replica on port \d+ \(pid (\d+)\)",
+                                planner_log())  # fmt: skip
+            assert started is not None
+            os.kill(int(started.group(1)), signal.SIGKILL)
+            wait_until(lambda: "large-model replica exited with code -9; replacing it in 2s"
+                       in planner_log(), what="the planner to see the dead replica")  # fmt: skip
+
             wait_until(lambda: (s := state()) is not None and s.target_selector == "default",
                        timeout=60, what="large model ready")  # fmt: skip
             assert state().models["large-model"].state == "ready"  # type: ignore[union-attr]
@@ -169,6 +199,7 @@ def test_small_model_hides_the_large_models_cold_start_and_nothing_fails(
             assert turn(after_warmup) == "large-model"
             assert turn(during_warmup) == "small-model", "an existing session keeps its pin"
         statuses += clients.statuses
+        answered += clients.answered
         assert len(clients.statuses) > 100
 
         # Load falls: a trickle (a turn every fourth poll, a few per second, well under the
@@ -193,9 +224,9 @@ def test_small_model_hides_the_large_models_cold_start_and_nothing_fails(
         assert 'capacity_model_state{model="small-model",state="stopped"} 1.0' in metrics
         assert "capacity_planner_up 1.0" in metrics
 
-        log = (tmp_path / "logs" / "capacity_planning.log").read_text()
+        log = planner_log()
         milestones = ["scaling up", "small model ready", "new sessions now go to the small model",
-                      "large model ready", "new sessions now go to the large model",
+                      "exited with code -9", "large model ready", "new sessions now go to the large model",
                       "scaling down", "small model drained"]  # fmt: skip
         positions = [log.find(m) for m in milestones]
         assert -1 not in positions, dict(zip(milestones, positions, strict=True))
@@ -208,4 +239,7 @@ def test_small_model_hides_the_large_models_cold_start_and_nothing_fails(
         static_large.stop()
         store.close()
     replica_logs = list((tmp_path / "logs").glob("replica-*.log"))
-    assert len(replica_logs) == 2, "one small and one large replica were started"
+    assert len(replica_logs) == 3, "one small replica, and a large one started twice"
+    ids = recorded_request_ids(isolated_ledger_env(tmp_path)["FR_DATABASE_URL"])
+    assert len(answered) == len(statuses) > 100
+    assert sorted(ids) == sorted(answered), "every answer recorded once, and nothing else"

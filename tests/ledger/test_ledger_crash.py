@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -13,9 +12,7 @@ from http.client import HTTPException
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
-from services.ledger.db import make_engine, records
 from services.platform.redis_connection import free_port
 from tests.helpers import (
     MAIN,
@@ -23,6 +20,7 @@ from tests.helpers import (
     api_process,
     healthy,
     http,
+    recorded_request_ids,
     single_model_config,
     wait_until,
 )
@@ -31,18 +29,6 @@ from tests.helpers import (
 def ledger_writer_state(base: str) -> str | None:
     status, _, body = http("GET", base + "/health")
     return json.loads(body).get("ledger_writer") if status in (200, 503) else None
-
-
-async def recorded_request_ids(database_url: str) -> list[str]:
-    engine = make_engine(database_url)
-    try:
-        async with engine.connect() as conn:
-            result = await conn.execute(
-                sa.select(records.c.request_id).where(records.c.kind == "request")
-            )
-            return [row[0] for row in result]
-    finally:
-        await engine.dispose()
 
 
 def ledger_writer_process(config: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -119,14 +105,14 @@ def test_sigkill_loses_no_answered_request(
             assert restarted.wait(30) == 0
         finally:
             restarted.kill()
-        ids = asyncio.run(recorded_request_ids(database_url))
+        ids = recorded_request_ids(database_url)
     else:
         port = free_port()
         restarted = api_process(config, env, port)
         try:
             wait_until(lambda: healthy(f"http://127.0.0.1:{port}/readyz"), timeout=30,
                        what="restart")  # fmt: skip
-            ids = asyncio.run(recorded_request_ids(database_url))
+            ids = recorded_request_ids(database_url)
         finally:
             restarted.terminate()
             restarted.wait(30)

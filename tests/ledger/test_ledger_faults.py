@@ -3,7 +3,6 @@ writes. Whatever the disk does, every answered request ends up in the ledger exa
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -29,12 +28,12 @@ from tests.helpers import (
     healthy,
     http,
     openai_model,
+    recorded_request_ids,
     settings_for,
     single_model_config,
     wait_until,
     without_file_override,
 )
-from tests.ledger.test_ledger_crash import recorded_request_ids
 
 TURN = {"model": "primary", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -217,7 +216,7 @@ def test_a_storage_fault_under_load_loses_no_answered_request(
             restarted.terminate()
             restarted.wait(30)
     assert failed == [], "a storage fault must never fail a request"
-    ids = asyncio.run(recorded_request_ids(database_url))
+    ids = recorded_request_ids(database_url)
     assert len(ids) == len(set(ids)), "no answered request recorded twice"
     assert sorted(ids) == sorted(answered), f"{len(answered)} answered, {len(ids)} recorded"
 

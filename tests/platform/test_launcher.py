@@ -18,7 +18,7 @@ import yaml
 
 from services.config import DEFAULT_CONFIG_PATH
 from services.platform.redis_connection import free_port
-from tests.helpers import MAIN, http, isolated_ledger_env, wait_until
+from tests.helpers import MAIN, http, isolated_ledger_env, recorded_request_ids, wait_until
 
 
 def _descendants(pid: int) -> set[int]:
@@ -128,7 +128,8 @@ def test_all_serves_and_ctrl_c_leaves_nothing(tmp_path: Path, path_env: str, mod
 def test_the_planner_keeps_acting_on_the_embedded_fakeredis(tmp_path: Path) -> None:
     """No redis-server binary: `main.py all` serves on fakeredis, and the planner (ticking every
     second here) keeps renewing its lock and publishing its state, tick after tick, without a
-    "Redis unreachable" (its Lua scripts used to fail there after the first tick)."""
+    "Redis unreachable" (its Lua scripts used to fail there after the first tick); after Ctrl-C
+    the ledger holds every answered request once."""
     proc, base = _start_all(tmp_path, "/nonexistent", FR_CAPACITY_INTERVAL_SECONDS="1")
     try:
         _serves_a_completion(base)
@@ -144,11 +145,21 @@ def test_the_planner_keeps_acting_on_the_embedded_fakeredis(tmp_path: Path) -> N
                 seen.add(json.loads(raw)["updated"])
             return len(seen) >= 4
 
+        answered = []
+        for _ in range(20):  # while the planner ticks on the same fakeredis
+            status, headers, _ = http("POST", base + "/v1/chat/completions", {"model": "default",
+                                      "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+            assert status == 200
+            answered.append(headers["x-request-id"])
         wait_until(published_again, timeout=30, what="four ticks' published states")
         store.close()
         capacity_log = (tmp_path / "logs" / "capacity_planning.log").read_text()
         assert "acting as the capacity planner" in capacity_log
         assert "Redis unreachable" not in capacity_log
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        ids = recorded_request_ids(isolated_ledger_env(tmp_path)["FR_DATABASE_URL"])
+        assert len(ids) == len(set(ids)) and set(answered) <= set(ids), "each answer recorded once"
     finally:
         proc.send_signal(signal.SIGINT)
         with contextlib.suppress(subprocess.TimeoutExpired):
