@@ -23,6 +23,7 @@ from services.api.admin import routes as resilience_views
 from services.api.auth import KeyRing
 from services.api.budget_views import routes as budget_views
 from services.api.chat import CHAT_ENDPOINTS, chat_routes
+from services.api.demo_views import routes as demo_views
 from services.api.ledger_views import routes as ledger_views
 from services.api.middleware import RequestContextMiddleware
 from services.api.openapi import document_lean_routes
@@ -88,7 +89,7 @@ def create_app(
         access_log=access_log,
     )
     _install_error_handlers(app)
-    for views in (ops_views, resilience_views, ledger_views, budget_views):
+    for views in (ops_views, resilience_views, ledger_views, budget_views, demo_views):
         app.include_router(views)
     # First in the list: Starlette matches routes in order, and the request path should not pay
     # for testing every admin and docs route before its own.

@@ -20,7 +20,7 @@ import uvicorn
 import yaml
 from fastapi import FastAPI
 
-from services.config import Settings
+from services.config import DEFAULT_CONFIG_PATH, Settings
 from services.ledger.db import make_engine, records
 from services.platform.redis_connection import free_port
 
@@ -206,3 +206,40 @@ def api_process(
              **env},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+def default_config_on_free_ports(tmp_path: Path) -> tuple[Path, int]:
+    """The shipped default config, unchanged but for ports (CI may have 8000/9101 taken)."""
+    config = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    api_port = free_port()
+    config["api"]["port"] = api_port
+    config["log"]["dir"] = str(tmp_path / "logs")
+    for model in config["models"].values():
+        for deployment in model["deployments"]:
+            deployment["base_url"] = f"http://127.0.0.1:{free_port()}/v1"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, api_port
+
+
+def start_main_all(
+    tmp_path: Path, path_env: str, **extra_env: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`main.py all` on the shipped config (free ports), with `PATH` = `path_env` (no
+    redis-server on it: the embedded fakeredis); returns the process and the API's base URL."""
+    config, api_port = default_config_on_free_ports(tmp_path)
+    env = {
+        **os.environ,
+        "PATH": path_env,
+        "FR_CONFIG": str(config),
+        "FR_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing answers: embedded Redis
+        **isolated_ledger_env(tmp_path),
+        **extra_env,
+    }
+    proc = subprocess.Popen([sys.executable, MAIN, "all"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    base = f"http://127.0.0.1:{api_port}"
+    wait_until(
+        lambda: http("GET", base + "/readyz", timeout=1)[0] == 200, timeout=60, what="readyz"
+    )
+    return proc, base

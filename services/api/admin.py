@@ -19,6 +19,7 @@ from typing import Annotated, Any, Protocol
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
+from services.api.json_routes import JsonBodyRoute
 from services.api.parts import gateway_parts
 from services.api.responses import json_response
 from services.config import TIERS, Deployment, Settings
@@ -47,7 +48,7 @@ class ResilienceParts(Protocol):
 
 
 Parts = Annotated[ResilienceParts, Depends(gateway_parts)]
-routes = APIRouter()
+routes = APIRouter(route_class=JsonBodyRoute)
 
 
 def breaker_view(parts: ResilienceParts, name: str) -> dict[str, Any]:
@@ -76,6 +77,8 @@ def breaker_view(parts: ResilienceParts, name: str) -> dict[str, Any]:
         "total_requests": state.requests,
         "total_successes": state.successes,
         "total_failures": state.failures,
+        "total_timeouts": state.timeouts,
+        "uptime_seconds": round(board.uptime(name), 3),
         "rejected_by_this_process": board.rejections[name],
         "health": health.summary(name),
     }

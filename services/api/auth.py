@@ -1,8 +1,10 @@
 """API keys (SPEC §10): client keys from `FR_API_KEYS` (comma-separated) and an admin key from
 `FR_ADMIN_KEY`, sent as `Authorization: Bearer <key>`.
 
-    public   /livez /readyz /health (probes), /docs /openapi.json
-    metrics  /metrics: public, unless `api.metrics_key` is set (then that key or the admin key)
+    public   /livez /readyz /health /api/health (probes), /docs /openapi.json, the console's
+             page and its files under /ui (its data comes from admin endpoints)
+    metrics  /metrics, /api/metrics, /api/metrics/prometheus: public, unless `api.metrics_key`
+             is set (then that key or the admin key)
     admin    /api/admin/*, POST /circuit-breakers/{name}/reset, POST /api/llm/record,
              POST /api/llm/providers/{name}/enable
     client   everything else; the admin key is accepted wherever a client key is
@@ -27,17 +29,19 @@ from typing import Literal
 Role = Literal["public", "metrics", "client", "admin"]
 
 PUBLIC_PATHS = frozenset(
-    {"/livez", "/readyz", "/health", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
-)
+    {"/livez", "/readyz", "/health", "/api/health", "/docs", "/openapi.json",
+     "/docs/oauth2-redirect", "/ui"}
+)  # fmt: skip
+METRICS_PATHS = frozenset({"/metrics", "/api/metrics", "/api/metrics/prometheus"})
 ADMIN_POSTS = ("/api/llm/record", "/api/llm/providers/")
 ANONYMOUS = "anonymous"
 
 
 def required_role(method: str, path: str) -> Role:
     """Who may call `method path` (pure: the table above)."""
-    if path == "/metrics":
+    if path in METRICS_PATHS:
         return "metrics"  # public unless `api.metrics_key` is set
-    if path in PUBLIC_PATHS:
+    if path in PUBLIC_PATHS or path.startswith("/ui/"):
         return "public"
     if path.startswith("/api/admin/"):
         return "admin"

@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.api.budgets import Budgets
+from services.api.json_routes import JsonBodyRoute
 from services.api.parts import gateway_parts
 from services.api.responses import json_response
 from services.errors import InvalidRequest
@@ -40,7 +41,7 @@ class BudgetRequest(BaseModel):
 
 
 Parts = Annotated[BudgetParts, Depends(gateway_parts)]
-routes = APIRouter(prefix="/api/admin/budgets")
+routes = APIRouter(prefix="/api/admin/budgets", route_class=JsonBodyRoute)
 
 
 def known_key_id(key_id: str) -> str:

@@ -20,7 +20,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, overload
 
 import orjson
 from fastapi import Request
@@ -49,10 +49,10 @@ from services.ledger.usage import Metering, TurnStart
 from services.platform.metrics import Metrics
 from services.platform.request_context import caller_var, new_request_id, request_id_var
 from services.routing.executor import ChainExecutor
-from services.routing.outcomes import Failed, RoutedStream
+from services.routing.outcomes import Failed, Routed, RoutedStream
 from services.routing.router import Router
 from services.routing.sessions import SessionStore
-from services.routing.turn import Turns, answer_chars
+from services.routing.turn import TurnRecord, Turns, answer_chars
 
 T = TypeVar("T")
 Json = dict[str, Any]
@@ -208,7 +208,9 @@ async def openai_chat_completions(request: Request, parts: Parts) -> Response:
     raw = await read_json(request)
     body = validate(CHAT_COMPLETION, raw)
     check_messages(chat, raw["messages"])
-    selector = known_selector(chat, body.model)
+    selector = (
+        known_selector(chat, body.model) if body.model else chat.replicas.new_session_selector()
+    )
     session_id = request.headers.get("x-session-id")
     if session_id is not None:
         validate(SESSION_CHAT, {"session_id": session_id, "message": ""})
@@ -237,32 +239,9 @@ async def route_turn(
         payload, request_id_var.get(), session_id, selector, caller_var.get(), time.perf_counter()
     )
     executor = chat.executor
-    chat.turns.admit()
-    if chat.budgets.enabled:  # off by default: no coroutine on the request path then
-        await chat.budgets.reserve(start.request_id, start.caller, selector, payload)
-    chat.turns.started()  # ended by `turns.finished`, here or at the end of the stream
-    try:
-        routed = await (
-            executor.open_stream(selector, payload)
-            if stream
-            else executor.complete(selector, payload)
-        )
-    except BaseException as exc:  # the client went away mid-walk, or a bug: the turn still ends
-        ended, why = (
-            (499, "client_closed")
-            if isinstance(exc, asyncio.CancelledError)
-            else (500, "internal_error")
-        )
-        chat.turns.finished(chat.metering.failed(start, (), status=ended, error=why))
-        raise
+    routed = await walk_turn(chat, start, stream)
     if isinstance(routed, Failed):
-        error = routed.error
-        chat.turns.finished(
-            chat.metering.failed(
-                start, routed.log, status=error.status, error=error.code or error.type
-            )
-        )
-        raise error
+        raise routed.error
     headers = router_headers(routed.model, routed.attempts, routed.fallback)
     if echo_session and session_id is not None:
         headers["X-Session-ID"] = session_id
@@ -290,12 +269,62 @@ async def route_turn(
             headers={**SSE_HEADERS, **headers},
         )
     body = routed.body
-    chat.turns.finished(
-        chat.metering.answered(start, routed, usage=body.get("usage"), chars_out=answer_chars(body))
-    )
+    finish_answer(chat, start, routed)
     body["model"] = routed.model
     body.update(extra)
     return Response(orjson.dumps(body), headers=headers, media_type=JSON)
+
+
+@overload
+async def walk_turn(
+    chat: ChatParts, start: TurnStart, stream: Literal[False]
+) -> Routed | Failed: ...
+@overload
+async def walk_turn(
+    chat: ChatParts, start: TurnStart, stream: bool
+) -> Routed | RoutedStream | Failed: ...
+async def walk_turn(
+    chat: ChatParts, start: TurnStart, stream: bool
+) -> Routed | RoutedStream | Failed:
+    """Admit the turn, reserve its budget, walk its chain. A walk that failed or was interrupted
+    ends its turn here; an answer's turn ends with `finish_answer` or at the end of its stream."""
+    executor = chat.executor
+    chat.turns.admit()
+    if chat.budgets.enabled:  # off by default: no coroutine on the request path then
+        await chat.budgets.reserve(start.request_id, start.caller, start.selector, start.request)
+    chat.turns.started()  # ended by `turns.finished`
+    try:
+        routed = await (
+            executor.open_stream(start.selector, start.request)
+            if stream
+            else executor.complete(start.selector, start.request)
+        )
+    except BaseException as exc:  # the client went away mid-walk, or a bug: the turn still ends
+        ended, why = (
+            (499, "client_closed")
+            if isinstance(exc, asyncio.CancelledError)
+            else (500, "internal_error")
+        )
+        chat.turns.finished(chat.metering.failed(start, (), status=ended, error=why))
+        raise
+    if isinstance(routed, Failed):
+        error = routed.error
+        chat.turns.finished(
+            chat.metering.failed(
+                start, routed.log, status=error.status, error=error.code or error.type
+            )
+        )
+    return routed
+
+
+def finish_answer(chat: ChatParts, start: TurnStart, routed: Routed) -> TurnRecord:
+    """End an answered (non-streamed) turn: its record goes to the observers."""
+    body = routed.body
+    record = chat.metering.answered(
+        start, routed, usage=body.get("usage"), chars_out=answer_chars(body)
+    )
+    chat.turns.finished(record)
+    return record
 
 
 # (handler, path, documented body); first in the app's route list: Starlette matches routes in

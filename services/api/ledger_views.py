@@ -23,15 +23,18 @@ from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from services.api.json_routes import JsonBodyRoute
+from services.api.ledger_schemas import EnableRequest, ExternalUsage
 from services.api.parts import gateway_parts
+from services.api.provider_status import LIVE_STATUSES, live_status, provider_status
 from services.api.responses import json_response
-from services.config import MODEL_NAME_RE, Deployment, Settings
+from services.config import TIERS, Deployment, Settings
 from services.errors import InvalidRequest, LedgerUnavailable, NotFound
 from services.ledger import db as ledger_db
+from services.ledger import reports
 from services.ledger.costs import cost_nanousd, savings, usd
 from services.ledger.records import UsageRecord, record_id
 from services.ledger.runtime import LedgerRuntime
@@ -41,34 +44,6 @@ from services.resilience.breaker_store import BreakerStore
 from services.resilience.health_monitor import HealthMonitor
 
 Days = Annotated[int, Query(ge=1, le=3650, description="Window in UTC days, today included.")]
-
-
-class ExternalUsage(BaseModel):
-    """Usage that happened outside the gateway, to be counted with the rest."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(
-        pattern=MODEL_NAME_RE.pattern, description="Model name (priced if configured)."
-    )
-    provider: str | None = Field(
-        None, pattern=MODEL_NAME_RE.pattern, description="Deployment or provider name."
-    )
-    tokens_in: int = Field(ge=0, le=100_000_000, strict=True)
-    tokens_out: int = Field(ge=0, le=100_000_000, strict=True)
-    cost_usd: float | None = Field(None, ge=0, le=1_000_000, description="Default: from pricing.")
-    duration_ms: float = Field(0.0, ge=0, le=86_400_000)
-    status: int = Field(200, ge=100, le=599, strict=True)
-    local: bool = Field(False, strict=True)
-    timestamp: datetime | None = Field(None, description="ISO 8601 with a zone; default now.")
-
-
-class EnableRequest(BaseModel):
-    """Switch a provider on or off."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    enabled: bool
 
 
 class LedgerViewParts(Protocol):
@@ -91,7 +66,7 @@ class LedgerViewParts(Protocol):
 
 
 Parts = Annotated[LedgerViewParts, Depends(gateway_parts)]
-routes = APIRouter(prefix="/api/llm")
+routes = APIRouter(prefix="/api/llm", route_class=JsonBodyRoute)
 
 
 def own_key() -> str | None:
@@ -122,30 +97,54 @@ async def query(coro: Any) -> Any:
 
 
 def known(parts: LedgerViewParts, provider: str) -> None:
-    if provider not in parts.deployment_table:  # live: planner replicas included
-        raise NotFound(f"no provider named '{provider}'", code="provider_not_found")
+    """404 unless `provider` names a deployment, a model or a provider kind (`openai`)."""
+    table = parts.deployment_table  # live: planner replicas included
+    if provider in table or provider in parts.settings.models:
+        return
+    if any(deployment.provider == provider for _, deployment in table.values()):
+        return
+    raise NotFound(f"no provider, model or deployment named '{provider}'",
+                   code="provider_not_found")  # fmt: skip
+
+
+def known_deployment(parts: LedgerViewParts, name: str) -> None:
+    if name not in parts.deployment_table:
+        raise NotFound(f"no deployment named '{name}'", code="provider_not_found")
 
 
 @routes.get("/providers")
-async def providers(parts: Parts) -> Response:
-    """The provider registry (priority, enabled, breaker settings) with live state."""
+async def providers(parts: Parts, days: Days = 7) -> Response:
+    """The provider registry (priority, enabled, breaker settings) with live state, and seed
+    002's status fields from the window's usage (the caller's own, for a client key)."""
     rows = await query(ledger_db.provider_rows(engine(parts)))
+    usage = usage_entries(
+        await query(reports.usage_by_provider(engine(parts), days, api_key_id=own_key()))
+    )
     for row in rows:
         name = row["name"]
         row["updated_at"] = row["updated_at"].isoformat()
-        if name in parts.deployment_table:
+        row["enabled"] = row["enabled"] and name not in parts.disabled
+        live = name in parts.deployment_table
+        if live:
             row["breaker_state"] = parts.breakers.state(name).state
             row["healthy"] = parts.health.healthy(name)
-        row["enabled"] = row["enabled"] and name not in parts.disabled
-    return json_response({"providers": rows})
+        row.update(provider_status(row, usage.get(name), live=live))
+    return json_response({"days": days, "scope": scope(), "providers": rows})
 
 
 @routes.get("/metrics")
 async def metrics(parts: Parts, days: Days = 7, provider: str | None = None) -> Response:
-    """Per provider: requests, success rate, attempts, tokens, cost, latency."""
+    """Per deployment: requests, fallbacks, success rate, attempts, tokens, cost, latency;
+    `provider` narrows to a deployment, a model or a provider kind."""
     if provider is not None:
         known(parts, provider)
-    rows = await query(ledger_db.usage_by_provider(engine(parts), days, provider, own_key()))
+    rows = await query(reports.usage_by_provider(engine(parts), days, provider, own_key()))
+    return json_response({"days": days, "provider": provider, "scope": scope(),
+                          "providers": usage_entries(rows)})  # fmt: skip
+
+
+def usage_entries(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The per-deployment usage rows summed into one entry per deployment."""
     out: dict[str, dict[str, Any]] = {}
     for row in rows:
         name = row["deployment"] or "(none)"
@@ -153,6 +152,7 @@ async def metrics(parts: Parts, days: Days = 7, provider: str | None = None) -> 
             name,
             {
                 "requests": 0,
+                "fallbacks": 0,
                 "attempts": 0,
                 "failed_attempts": 0,
                 "tokens_in": 0,
@@ -167,6 +167,7 @@ async def metrics(parts: Parts, days: Days = 7, provider: str | None = None) -> 
         else:
             entry["attempts"] += row["implicit_attempts"] or 0
             entry["requests"] += row["calls"]
+            entry["fallbacks"] += row["fallbacks"] or 0
             entry["tokens_in"] += row["tokens_in"] or 0
             entry["tokens_out"] += row["tokens_out"] or 0
             entry["cost_nanousd"] += row["cost_nanousd"] or 0
@@ -179,13 +180,13 @@ async def metrics(parts: Parts, days: Days = 7, provider: str | None = None) -> 
         entry["success_rate"] = (
             round((attempts - entry["failed_attempts"]) / attempts, 4) if attempts else None
         )
-    return json_response({"days": days, "provider": provider, "scope": scope(), "providers": out})
+    return out
 
 
 @routes.get("/costs")
 async def costs(parts: Parts, days: Days = 30) -> Response:
     """Total cost, local vs remote requests, and savings against the reference model."""
-    rows = await query(ledger_db.usage_by_provider(engine(parts), days, api_key_id=own_key()))
+    rows = await query(reports.usage_by_provider(engine(parts), days, api_key_id=own_key()))
     billed = [r for r in rows if r["kind"] in ledger_db.BILLED_KINDS]
     actual = sum(r["cost_nanousd"] or 0 for r in billed)
     tokens_in = sum(r["tokens_in"] or 0 for r in billed)
@@ -202,6 +203,11 @@ async def costs(parts: Parts, days: Days = 30) -> Response:
         entry["tokens_in"] += r["tokens_in"] or 0
         entry["tokens_out"] += r["tokens_out"] or 0
         entry["local"] = bool(r["local"])
+    reference = parts.settings.ledger.reference_model
+    # Seed 002's name for the same figure, where it is true: its reference model is Claude.
+    seed_alias = (
+        {"hypothetical_claude_cost_usd": usd(hypothetical)} if "claude" in reference else {}
+    )
     return json_response(
         {
             "days": days,
@@ -212,8 +218,9 @@ async def costs(parts: Parts, days: Days = 30) -> Response:
             "remote_requests": sum(r["calls"] for r in billed if not r["local"]),
             "total_tokens_in": tokens_in,
             "total_tokens_out": tokens_out,
-            "reference_model": parts.settings.ledger.reference_model,
+            "reference_model": reference,
             "hypothetical_reference_cost_usd": usd(hypothetical),
+            **seed_alias,
             "estimated_savings_usd": usd(saved),
             "savings_percentage": percent,
             "by_provider": {
@@ -228,7 +235,7 @@ async def costs(parts: Parts, days: Days = 30) -> Response:
 @routes.get("/trends")
 async def trends(parts: Parts, days: Days = 30) -> Response:
     """Daily (UTC) requests, tokens and cost per provider, oldest day first."""
-    rows = await query(ledger_db.daily(engine(parts), days, own_key()))
+    rows = await query(reports.daily(engine(parts), days, own_key()))
     by_day: dict[str, dict[str, Any]] = {}
     for row in rows:
         day = by_day.setdefault(
@@ -266,43 +273,80 @@ async def record(usage: ExternalUsage, parts: Parts) -> Response:
     if when.timestamp() > time.time() + 300:
         raise InvalidRequest("timestamp is in the future", code="invalid_timestamp")
     model = parts.settings.models.get(usage.model)
+    warning = None
     if usage.cost_usd is not None:
         cost = round(usage.cost_usd * 1_000_000_000)
     elif model is not None:
         cost = cost_nanousd(model.pricing, usage.tokens_in, usage.tokens_out)
-    else:
-        raise InvalidRequest(f"model '{usage.model}' has no configured pricing; send cost_usd",
-                             code="cost_required")  # fmt: skip
+    else:  # the tokens still count; refusing would lose them
+        cost = 0
+        warning = (
+            f"model '{usage.model}' has no configured pricing: cost recorded as 0 (send cost_usd)"
+        )
+    status = usage.http_status
     entry = UsageRecord(
         kind="external", request_id=f"external-{int(when.timestamp() * 1000)}",
-        model=usage.model, status=usage.status, outcome="ok" if usage.status < 400 else "error",
+        model=usage.model, status=status, outcome="ok" if status < 400 else "error",
         tokens_in=usage.tokens_in, tokens_out=usage.tokens_out, cost_nanousd=cost,
-        duration_ms=usage.duration_ms, deployment=usage.provider, provider="external",
+        duration_ms=usage.milliseconds, deployment=usage.provider, provider="external",
         local=usage.local or bool(model and model.local), ts=when.timestamp(),
         id=record_id(when.timestamp()),  # ids carry their time: window queries use them
     )  # fmt: skip
     runtime.ledger.append([entry])
-    return json_response({"recorded": True, "id": entry.id, "cost_usd": usd(cost)}, 201)
+    answer = {"recorded": True, "success": True, "id": entry.id, "cost_usd": usd(cost),
+              "priced": warning is None}  # fmt: skip
+    if warning is not None:
+        answer["warning"] = warning
+    return json_response(answer, 201)
 
 
 @routes.post("/providers/{name:path}/enable")
 async def enable(name: str, body: EnableRequest, parts: Parts) -> Response:
     """Switch a provider on or off; routing follows at once here, within a sync elsewhere."""
-    known(parts, name)
+    known_deployment(parts, name)
     await parts.switches.set_enabled(name, body.enabled)
     return json_response({"name": name, "enabled": body.enabled})
 
 
+def routing_health(parts: LedgerViewParts) -> dict[str, Any]:
+    """Seed 002's summary: deployments counted by live status, and whether the default
+    selector still has a step to fall back to (two or more of its steps usable now)."""
+    table, breakers = parts.deployment_table, parts.breakers
+    statuses = {
+        name: live_status(
+            name not in parts.disabled, parts.health.healthy(name), breakers.state(name).state
+        )
+        for name in table
+    }
+    usable_models = {
+        model for name, (model, _) in table.items()
+        if statuses[name] in ("healthy", "degraded") and breakers.usable(name)
+    }  # fmt: skip
+    default = parts.settings.sessions.default_selector
+    steps = parts.settings.chain_steps().get(default, [default])
+    usable = [step for step in steps if step in TIERS or step in usable_models]
+    return {
+        "providers": {s: sum(v == s for v in statuses.values()) for s in LIVE_STATUSES},
+        "total_providers": len(statuses),
+        "default_selector": default,
+        "usable_steps": usable,
+        "fallback_available": len(usable) >= 2,
+    }
+
+
 @routes.get("/health")
 async def health(parts: Parts) -> Response:
-    """The ledger: database reachable, buffer, WAL, last flush and last write."""
+    """Providers by status and fallback availability (seed 002), and the ledger: database
+    reachable, buffer, WAL, last flush and last write."""
     runtime = parts.ledger_runtime
+    routing = routing_health(parts)
     if runtime is None:
-        return json_response({"enabled": False})
+        return json_response({**routing, "enabled": False})
     ledger = runtime.state()
     db_ok = await ledger_db.ping(runtime.engine)
     return json_response(
         {
+            **routing,
             "enabled": True,
             "db_ok": db_ok,
             "database": make_url(parts.settings.database.url).get_backend_name(),

@@ -48,7 +48,10 @@ COMMON_ERROR_RESPONSES = {
     "431": "Request headers larger than api.max_header_bytes",
     "503": "A dependency (the ledger database) is unavailable",
 }
-PLAIN_TEXT_ENDPOINTS = {"/metrics": "Prometheus text exposition format"}
+PLAIN_TEXT_ENDPOINTS = {
+    "/metrics": "Prometheus text exposition format",
+    "/api/metrics/prometheus": "Prometheus text exposition format",
+}
 
 
 def document_lean_routes(app: FastAPI, routes: list[tuple[str, str, type[BaseModel]]]) -> None:

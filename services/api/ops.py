@@ -1,9 +1,12 @@
 """The operations views: `/v1/models`, `/livez`, `/readyz`, `/health` (the seed format, SPEC
-§9) and `/metrics` (Prometheus, merged over every worker process)."""
+§9) and `/metrics` (Prometheus, merged over every worker process).
+
+Seed 000's paths answer too: `/api/health` (= `/health`), `/api/metrics/prometheus`
+(= `/metrics`) and `/api/metrics`, its core metrics as JSON."""
 
 from __future__ import annotations
 
-from typing import Annotated, Protocol
+from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
@@ -18,6 +21,7 @@ from services.ledger.runtime import LedgerRuntime
 from services.platform.metrics import Metrics
 from services.platform.redis_gate import RedisGate
 from services.resilience.breaker_store import BreakerStore
+from services.resilience.fallback_stats import FallbackStatistics
 
 
 class OpsParts(Protocol):
@@ -37,6 +41,8 @@ class OpsParts(Protocol):
     def replicas(self) -> ReplicaRouting: ...
     @property
     def metrics(self) -> Metrics: ...
+    @property
+    def stats(self) -> FallbackStatistics: ...
 
 
 Parts = Annotated[OpsParts, Depends(gateway_parts)]
@@ -86,6 +92,7 @@ async def readyz(parts: Parts) -> Response:
 
 
 @routes.get("/health")
+@routes.get("/api/health")
 async def health(parts: Parts) -> Response:
     """The seed format (SPEC §9): breaker state per provider, Redis, the ledger; plus the
     models and chains."""
@@ -125,6 +132,7 @@ async def health(parts: Parts) -> Response:
 
 
 @routes.get("/metrics")
+@routes.get("/api/metrics/prometheus")
 async def metrics(parts: Parts) -> Response:
     """Prometheus exposition, merged over every worker process."""
     exporter, runtime = parts.metrics, parts.ledger_runtime
@@ -133,3 +141,23 @@ async def metrics(parts: Parts) -> Response:
     for name in parts.breakers.names:
         exporter.breaker(name, parts.breakers.state(name).state)
     return Response(exporter.render(), media_type=exporter.content_type)
+
+
+async def core_metrics(runtime: LedgerRuntime | None, stats: FallbackStatistics) -> dict[str, Any]:
+    """Seed 000's core metrics: the ledger's buffer, WAL and last flush, and upstream attempts
+    (summed over every process)."""
+    ledger = runtime.state() if runtime is not None else None
+    last_write = ledger.last_db_write if ledger is not None else None
+    return {
+        "buffer_len": ledger.buffer_len if ledger is not None else 0,
+        "wal_size_bytes": ledger.wal_size_bytes if ledger is not None else 0,
+        "last_flush_ms": ledger.last_flush_ms if ledger is not None else None,
+        "last_db_write": last_write.strftime("%Y-%m-%dT%H:%M:%SZ") if last_write else None,
+        "attempts_total": (await stats.read())["total_attempts"],
+    }
+
+
+@routes.get("/api/metrics")
+async def api_metrics(parts: Parts) -> Response:
+    """Seed 000's core metrics as JSON (`/metrics` has them all, for Prometheus)."""
+    return json_response(await core_metrics(parts.ledger_runtime, parts.stats))

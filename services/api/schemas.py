@@ -32,9 +32,10 @@ class StreamOptions(_Open):
 
 
 class ChatCompletionRequest(_Open):
-    """``POST /v1/chat/completions``: the OpenAI request; `model` is a model or chain name."""
+    """``POST /v1/chat/completions``: the OpenAI request; `model` is a model or chain name
+    (without one, as in seed 004's example: the session's pin, else the new-session default)."""
 
-    model: ModelId
+    model: ModelId | None = None
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None

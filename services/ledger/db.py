@@ -14,7 +14,7 @@ import fcntl
 import functools
 import hashlib
 from collections.abc import Iterable, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
@@ -291,7 +291,7 @@ async def provider_rows(engine: AsyncEngine) -> list[dict[str, Any]]:
     """The provider registry, by priority."""
     async with engine.connect() as conn:
         result = await conn.execute(sa.select(providers).order_by(providers.c.priority))
-        return [_plain(row) for row in result]
+        return [plain_row(row) for row in result]
 
 
 async def disabled_providers(engine: AsyncEngine) -> set[str]:
@@ -308,7 +308,7 @@ async def insert_health(engine: AsyncEngine, rows: Sequence[dict[str, Any]]) -> 
             await conn.execute(health_snapshots.insert(), list(rows))
 
 
-def _plain(row: Any) -> dict[str, Any]:
+def plain_row(row: Any) -> dict[str, Any]:
     """A result row as a plain dict: str keys (SQLAlchemy's are a str subclass orjson refuses),
     and PostgreSQL's Decimal sums as int (or float)."""
     out = {str(key): value for key, value in row._mapping.items()}
@@ -316,94 +316,6 @@ def _plain(row: Any) -> dict[str, Any]:
         if isinstance(value, Decimal):
             out[key] = int(value) if value == value.to_integral_value() else float(value)
     return out
-
-
-def window_start_id(days: int, now: datetime | None = None) -> str:
-    """The smallest record id of the window: ids begin with their millisecond timestamp in 12
-    hex digits, so a range on the primary key selects a time window."""
-    day = since(days, now)
-    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    return f"{int(start.timestamp() * 1000):012x}"
-
-
-def since(days: int, now: datetime | None = None) -> date:
-    """The first UTC day of a `days`-day window ending today (days=1: today only)."""
-    return (now or datetime.now(UTC)).date() - timedelta(days=days - 1)
-
-
-async def usage_by_provider(
-    engine: AsyncEngine, days: int, provider: str | None = None, api_key_id: str | None = None
-) -> list[dict[str, Any]]:
-    """Per deployment over the window: requests, failures, tokens, cost, latency, local flag;
-    one key's usage only when `api_key_id` is given."""
-    r = records.c
-    ok = sa.case((r.outcome == "ok", 1), else_=0)
-    # A request answered by its first call has no attempt row of its own (services/ledger/usage.py).
-    implicit = sa.case(
-        ((r.kind == "request") & (r.attempts == 1) & (r.outcome == "ok"), 1), else_=0
-    )
-    query = (
-        sa.select(
-            r.deployment,
-            r.kind,
-            r.local,
-            sa.func.count().label("calls"),
-            sa.func.sum(ok).label("ok"),
-            sa.func.sum(implicit).label("implicit_attempts"),
-            sa.func.sum(r.tokens_in).label("tokens_in"),
-            sa.func.sum(r.tokens_out).label("tokens_out"),
-            sa.func.sum(r.cost_nanousd).label("cost_nanousd"),
-            sa.func.avg(r.duration_ms).label("avg_ms"),
-            sa.func.avg(r.ttft_ms).label("avg_ttft_ms"),
-        )
-        .where(r.id >= window_start_id(days))
-        .group_by(r.deployment, r.kind, r.local)
-    )
-    if provider is not None:
-        query = query.where(r.deployment == provider)
-    if api_key_id is not None:
-        query = query.where(r.api_key_id == api_key_id)
-    async with engine.connect() as conn:
-        return [_plain(row) for row in await conn.execute(query)]
-
-
-async def daily(
-    engine: AsyncEngine, days: int, api_key_id: str | None = None
-) -> list[dict[str, Any]]:
-    """The daily aggregates of the window, oldest first; for one key, summed from its records
-    (the aggregates have no key dimension: one more index on every insert was not worth it)."""
-    if api_key_id is not None:
-        return await _daily_of_key(engine, days, api_key_id)
-    d = daily_costs.c
-    query = (
-        sa.select(daily_costs).where(d.day >= since(days)).order_by(d.day, d.deployment, d.model)
-    )
-    async with engine.connect() as conn:
-        return [_plain(row) for row in await conn.execute(query)]
-
-
-async def _daily_of_key(engine: AsyncEngine, days: int, api_key_id: str) -> list[dict[str, Any]]:
-    r = records.c
-    query = (
-        sa.select(
-            r.day,
-            sa.func.coalesce(r.deployment, "").label("deployment"),
-            r.model,
-            sa.func.count().label("requests"),
-            sa.func.sum(r.tokens_in).label("tokens_in"),
-            sa.func.sum(r.tokens_out).label("tokens_out"),
-            sa.func.sum(r.cost_nanousd).label("cost_nanousd"),
-        )
-        .where(r.id >= window_start_id(days), r.kind.in_(BILLED_KINDS), r.api_key_id == api_key_id)
-        .group_by(r.day, r.deployment, r.model)
-        .order_by(r.day, r.deployment, r.model)
-    )
-    async with engine.connect() as conn:
-        rows = [_plain(row) for row in await conn.execute(query)]
-    for row in rows:
-        if isinstance(row["day"], str):  # SQLite returns the stored text
-            row["day"] = date.fromisoformat(row["day"])
-    return rows
 
 
 async def last_write(engine: AsyncEngine) -> datetime | None:

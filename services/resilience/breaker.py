@@ -41,6 +41,7 @@ class Outcome(Enum):
 
     SUCCESS = "success"
     FAILURE = "failure"
+    TIMEOUT = "timeout"  # a failure, also counted in `timeouts`
     # Neither: a client fault (4xx other than 408/429), a cancelled call, a deadline we hit.
     IGNORED = "ignored"
 
@@ -60,6 +61,7 @@ class BreakerState:
     requests: int = 0
     successes: int = 0
     failures: int = 0
+    timeouts: int = 0
     # Bumped by every write in Redis (the Lua script), with a generation that changes when the
     # hash is created anew: a mirror never takes a reply older than what it already holds.
     version: int = 0
@@ -190,6 +192,8 @@ def record(
         state.successes += count
     else:
         state.failures += count
+        if outcome is Outcome.TIMEOUT:
+            state.timeouts += count
     if state.state == HALF_OPEN and probe:
         state.probes = max(0, state.probes - 1)
         if not success:

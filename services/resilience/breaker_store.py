@@ -51,7 +51,7 @@ local P = {
 }
 local FLOATS = {open_until = true, probe_deadline = true, changed_at = true}
 local INTS = {'trips', 'consecutive_failures', 'probes', 'probe_successes', 'requests',
-              'successes', 'failures', 'version'}
+              'successes', 'failures', 'timeouts', 'version'}
 
 local raw = redis.call('HGETALL', key)
 local h = {}
@@ -93,6 +93,7 @@ local function record(result, is_probe, n)
   local success = result == 'success'
   s.requests = s.requests + n
   if success then s.successes = s.successes + n else s.failures = s.failures + n end
+  if result == 'timeout' then s.timeouts = s.timeouts + n end
   if s.state == 'half-open' and is_probe then
     s.probes = math.max(0, s.probes - 1)
     if not success then trip(); return end
@@ -203,6 +204,8 @@ class BreakerStore:
         self._states = {name: breaker.new_state(p) for name, p in self._policies.items()}
         self._pending = dict.fromkeys(self._policies, 0)
         self.rejections = dict.fromkeys(self._policies, 0)
+        # When this process began to watch each breaker: its uptime's start until it changes.
+        self.watched_since = dict.fromkeys(self._policies, clock())
         # Planner replicas that were stopped: out of the views and the syncs, their Redis key
         # deleted; their local state is kept so that a call still in flight can end cleanly.
         self._retired: set[str] = set()
@@ -215,6 +218,7 @@ class BreakerStore:
             self._states[name] = breaker.new_state(policy)
             self._pending[name] = 0
             self.rejections[name] = 0
+            self.watched_since[name] = self._clock()
 
     async def retire(self, name: str) -> None:
         """A run-time deployment that is gone: it leaves the views and Redis."""
@@ -239,6 +243,15 @@ class BreakerStore:
     def state(self, name: str) -> BreakerState:
         """The mirror's view of a breaker (refreshed by `sync`)."""
         return self._states[name]
+
+    def uptime(self, name: str) -> float:
+        """Seconds the breaker has been closed (since it last closed, or since this process
+        began to watch it if it never changed); 0 while open or half-open."""
+        state = self._states[name]
+        if state.state != CLOSED:
+            return 0.0
+        since = state.changed_at or self.watched_since[name]
+        return max(0.0, self._clock() - since)
 
     def usable(self, name: str) -> bool:
         """Whether a call would be let through now, without taking a half-open permit."""

@@ -85,6 +85,10 @@ class FallbackStatistics:
             "total_attempts": totals["attempts"],
             "total_retries": totals["retries"],
             "total_fallbacks": tiers["fallback"] + tiers["cache"] + tiers["degraded"],
+            # Seed 000's names: requests whose first model did not answer, and those of them
+            # that a later model answered (so `fallback_success_rate` is their ratio).
+            "total_fallback_attempts": requests - tiers["primary"],
+            "total_fallback_successes": tiers["fallback"],
             "budget_exhausted": totals["budget_exhausted"],
             "deadline_exceeded": totals["deadline_exceeded"],
             "tiers": tiers,

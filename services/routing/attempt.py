@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from services.errors import UpstreamError, UpstreamHTTPError, UpstreamTimeout
 from services.providers.base import Json
+from services.resilience.breaker import Outcome
 from services.resilience.watchdog import Watchdog
 
 # Upstream statuses that say the request itself is wrong: another deployment would say the same.
@@ -21,6 +22,13 @@ def counts_against_breaker(failure: UpstreamError) -> bool:
     if isinstance(failure, UpstreamHTTPError) and 400 <= failure.status < 500:
         return failure.status in BREAKER_COUNTED_4XX
     return True
+
+
+def breaker_outcome(failure: UpstreamError) -> Outcome:
+    """How the breaker counts a failure: not at all, as a timeout (also a failure), or a failure."""
+    if not counts_against_breaker(failure):
+        return Outcome.IGNORED
+    return Outcome.TIMEOUT if isinstance(failure, UpstreamTimeout) else Outcome.FAILURE
 
 
 def has_content(chunk: Json) -> bool:

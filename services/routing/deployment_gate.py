@@ -28,7 +28,7 @@ from services.resilience.retry_budget import RetryBudget
 from services.resilience.watchdog import Watchdog
 from services.routing.attempt import (
     CLIENT_FAULT_STATUSES,
-    counts_against_breaker,
+    breaker_outcome,
     read_until_content,
     watched,
 )
@@ -164,13 +164,12 @@ class DeploymentGate:
         """Log the failed attempt and tell its breaker; answers whether it counted against it
         (the walk's `failed` and a stream's continuation share this)."""
         name = candidate.provider.name
-        counted = counts_against_breaker(failure)
+        outcome = breaker_outcome(failure)
+        counted = outcome is not Outcome.IGNORED
         status = failure.status if isinstance(failure, UpstreamHTTPError) else 0
         log.append(Attempt(name, candidate.model, False, seconds, status,
                            type(failure).__name__, counted))  # fmt: skip
-        await self.breakers.record(
-            name, Outcome.FAILURE if counted else Outcome.IGNORED, probe=probe
-        )
+        await self.breakers.record(name, outcome, probe=probe)
         return counted
 
     async def failed(

@@ -8,7 +8,8 @@ from __future__ import annotations
 from loguru import logger
 
 from services.errors import UpstreamError
-from services.resilience.breaker import Admission, Outcome
+from services.resilience.breaker import Admission
+from services.routing.attempt import breaker_outcome
 from services.routing.continuation import continuation_request
 from services.routing.deployment_gate import DeploymentGate
 from services.routing.outcomes import Attempt, Opened, RoutedStream
@@ -25,7 +26,7 @@ async def stream_broke(gate: DeploymentGate, routed: RoutedStream, failure: Upst
     model = gate.model_of(name, routed.model)
     routed.log.append(Attempt(name, model, False, 0.0, 0, type(failure).__name__, True))
     gate.health.observe(name, False, 0.0)
-    await gate.breakers.record(name, Outcome.FAILURE)
+    await gate.breakers.record(name, breaker_outcome(failure))
 
 
 async def resume(

@@ -3,7 +3,7 @@
 
 One default check is left out: `positive_data_acceptance` (ST202) expects every schema-valid
 request to succeed, but some refusals depend on state the schema cannot describe: a session
-that does not exist (404 is allowed), a model with no pricing for `/api/llm/record` (400), a
+that does not exist (404 is allowed), a record timestamped in the future (400), a
 chat turn with both or neither of `message`/`messages` (a cross-field rule, 422)."""
 
 from __future__ import annotations

@@ -80,6 +80,12 @@ ENDPOINTS: list[tuple[str, str, Any, str]] = [
     ("GET", "/readyz", None, "public"),
     ("GET", "/health", None, "public"),
     ("GET", "/metrics", None, "metrics"),
+    ("GET", "/api/health", None, "public"),
+    ("GET", "/api/metrics", None, "metrics"),
+    ("GET", "/api/metrics/prometheus", None, "metrics"),
+    ("POST", "/api/admin/demo/run-single", {"prompt": "hi"}, "admin"),
+    ("POST", "/api/admin/demo/run-scenarios", {}, "admin"),
+    ("GET", "/api/admin/demo/summary", None, "admin"),
     ("GET", "/openapi.json", None, "public"),
 ]
 

@@ -133,6 +133,71 @@ def test_routed_requests_are_recorded_with_their_attempts(
     assert health["db_ok"] is True and health["buffer_len"] == 0
     assert health["last_db_write"].endswith("Z") and headers["x-request-id"]
 
+    # Seed 002's names over the same two requests: a model or a provider kind narrows too.
+    assert usage["providers"]["local:0"]["fallbacks"] == 1
+    assert usage["providers"]["remote:0"]["fallbacks"] == 0
+    assert list(get(llm.base, "/api/llm/metrics?days=1&provider=local")[1]["providers"]) == [
+        "local:0"
+    ]
+    assert set(get(llm.base, "/api/llm/metrics?days=1&provider=openai")[1]["providers"]) == {
+        "local:0",
+        "remote:0",
+    }
+    assert get(llm.base, "/api/llm/metrics?provider=anthropic")[0] == 404
+    listed = {p["name"]: p for p in get(llm.base, "/api/llm/providers?days=1")[1]["providers"]}
+    remote, local = listed["remote:0"], listed["local:0"]
+    assert (remote["total_requests"], remote["successful_requests"]) == (4, 1)
+    assert remote["success_rate"] == 25.0 and remote["status"] == "degraded"
+    assert remote["provider_type"] == "remote" and remote["circuit_state"] == "closed"
+    assert remote["is_available"] is True and remote["display_name"] == "remote via openai"
+    assert local["success_rate"] == 100.0 and local["status"] == "healthy"
+    assert local["provider_type"] == "local" and local["display_name"] == "local via openai (local)"
+    assert local["avg_response_time_ms"] > 0
+    summary = get(llm.base, "/api/llm/health")[1]
+    assert summary["providers"] == {"healthy": 2, "degraded": 0, "down": 0, "disabled": 0}
+    assert summary["fallback_available"] is True and summary["usable_steps"] == ["remote", "local"]
+    assert (
+        http("POST", llm.base + "/api/llm/providers/local:0/enable", {"enabled": False})[0] == 200
+    )
+    summary = get(llm.base, "/api/llm/health")[1]
+    assert summary["providers"]["disabled"] == 1 and summary["fallback_available"] is False
+
+
+def test_a_record_in_seed_002s_names_is_stored_as_sent(
+    llm: GatewayServer, database_url: str
+) -> None:
+    """`provider_name`, `prompt_tokens`, `completion_tokens`, `duration_seconds` and a status
+    word, as seed 002's `record_request(...)` sends them; an unpriced model is recorded at $0
+    and the answer says so (refusing would lose the tokens)."""
+    status, body = record(llm.base, provider_name="ollama", model="llama3.2", status="timeout",
+                          prompt_tokens=150, completion_tokens=300, duration_seconds=0.52)  # fmt: skip
+    assert status == 201 and body["priced"] is False and "no configured pricing" in body["warning"]
+    wait_until(lambda: flushed(llm.base), what="ledger flush")
+
+    async def row() -> Any:
+        engine = make_engine(database_url)
+        try:
+            async with engine.connect() as conn:
+                query = sa.select(records).where(records.c.id == body["id"])
+                return (await conn.execute(query)).one()._mapping
+        finally:
+            await engine.dispose()
+
+    stored = asyncio.run(row())
+    assert (stored["deployment"], stored["model"], stored["status"]) == ("ollama", "llama3.2", 504)
+    assert (stored["tokens_in"], stored["tokens_out"], stored["cost_nanousd"]) == (150, 300, 0)
+    assert stored["duration_ms"] == pytest.approx(520) and stored["outcome"] == "error"
+    both = {
+        "model": "remote",
+        "tokens_in": 1,
+        "tokens_out": 1,
+        "duration_ms": 1,
+        "duration_seconds": 1,
+    }
+    assert record(llm.base, **both)[0] == 422
+    assert record(llm.base, model="remote", tokens_in=1, tokens_out=1, status="fine")[0] == 422
+    assert record(llm.base, model="remote", tokens_in=1, tokens_out=1, status=99)[0] == 422
+
 
 def test_disabling_a_provider_reroutes_at_once_and_in_other_processes(
     llm: GatewayServer, redis_url: str, database_url: str, tmp_path: Path,
@@ -212,12 +277,11 @@ def test_bad_query_parameters(llm: GatewayServer, path: str, status: int) -> Non
             },
             400,
         ),
-        ({"model": "unpriced", "tokens_in": 1, "tokens_out": 1}, 400),
         ([1, 2], 422),
     ],
 )
 def test_bad_records_are_refused(llm: GatewayServer, body: Any, status: int) -> None:
-    """Negative, mistyped, unknown, future, zone-less and unpriceable records get a 4xx."""
+    """Negative, mistyped, unknown, future and zone-less records get a 4xx."""
     got, _, raw = http("POST", llm.base + "/api/llm/record", body)
     assert got == status, raw
     assert set(json.loads(raw)["error"]) == {"message", "type", "code"}

@@ -16,9 +16,14 @@ import pytest
 import redis
 import yaml
 
-from services.config import DEFAULT_CONFIG_PATH
-from services.platform.redis_connection import free_port
-from tests.helpers import MAIN, http, isolated_ledger_env, recorded_request_ids, wait_until
+from tests.helpers import (
+    MAIN,
+    http,
+    isolated_ledger_env,
+    recorded_request_ids,
+    start_main_all,
+    wait_until,
+)
 
 
 def _descendants(pid: int) -> set[int]:
@@ -47,41 +52,6 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _default_config_on_free_ports(tmp_path: Path) -> tuple[Path, int]:
-    """The shipped default config, unchanged but for ports (CI may have 8000/9101 taken)."""
-    config = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
-    api_port = free_port()
-    config["api"]["port"] = api_port
-    config["log"]["dir"] = str(tmp_path / "logs")
-    for model in config["models"].values():
-        for deployment in model["deployments"]:
-            deployment["base_url"] = f"http://127.0.0.1:{free_port()}/v1"
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path, api_port
-
-
-def _start_all(
-    tmp_path: Path, path_env: str, **extra_env: str
-) -> tuple[subprocess.Popen[bytes], str]:
-    config, api_port = _default_config_on_free_ports(tmp_path)
-    env = {
-        **os.environ,
-        "PATH": path_env,
-        "FR_CONFIG": str(config),
-        "FR_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing answers: embedded Redis
-        **isolated_ledger_env(tmp_path),
-        **extra_env,
-    }
-    proc = subprocess.Popen([sys.executable, MAIN, "all"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    base = f"http://127.0.0.1:{api_port}"
-    wait_until(
-        lambda: http("GET", base + "/readyz", timeout=1)[0] == 200, timeout=60, what="readyz"
-    )
-    return proc, base
-
-
 def _serves_a_completion(base: str) -> None:
     session = json.loads(http("POST", base + "/initiate_call", {})[2])
     wait_until(
@@ -106,7 +76,7 @@ REDIS_MODES = [
 @pytest.mark.parametrize(("path_env", "mode"), REDIS_MODES)
 def test_all_serves_and_ctrl_c_leaves_nothing(tmp_path: Path, path_env: str, mode: str) -> None:
     """Ctrl-C (SIGINT) stops the API, simulators, health checker and embedded Redis; exit 0."""
-    proc, base = _start_all(tmp_path, path_env)
+    proc, base = start_main_all(tmp_path, path_env)
     try:
         _serves_a_completion(base)
         family = _descendants(proc.pid)
@@ -130,7 +100,7 @@ def test_the_planner_keeps_acting_on_the_embedded_fakeredis(tmp_path: Path) -> N
     second here) keeps renewing its lock and publishing its state, tick after tick, without a
     "Redis unreachable" (its Lua scripts used to fail there after the first tick); after Ctrl-C
     the ledger holds every answered request once."""
-    proc, base = _start_all(tmp_path, "/nonexistent", FR_CAPACITY_INTERVAL_SECONDS="1")
+    proc, base = start_main_all(tmp_path, "/nonexistent", FR_CAPACITY_INTERVAL_SECONDS="1")
     try:
         _serves_a_completion(base)
         launcher_log = (tmp_path / "logs" / "launcher.log").read_text()
@@ -173,7 +143,7 @@ def test_all_runs_the_external_ledger_writer_by_default(tmp_path: Path) -> None:
     """`ledger.writer: auto`: `main.py all` starts `main.py ledger` and makes its API external;
     /health sees the writer, the records reach the database through it, and after Ctrl-C no WAL
     file is left behind."""
-    proc, base = _start_all(tmp_path, os.environ.get("PATH", ""))
+    proc, base = start_main_all(tmp_path, os.environ.get("PATH", ""))
     try:
         _serves_a_completion(base)
         wait_until(lambda: json.loads(http("GET", base + "/health")[2])["ledger_writer"] == "running",
@@ -193,7 +163,7 @@ def test_all_runs_the_external_ledger_writer_by_default(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_sigkilled_launcher_leaves_no_orphans(tmp_path: Path) -> None:
     """Even a SIGKILLed launcher takes its children with it (they ask for PR_SET_PDEATHSIG)."""
-    proc, _base = _start_all(tmp_path, os.environ.get("PATH", ""))
+    proc, _base = start_main_all(tmp_path, os.environ.get("PATH", ""))
     family = _descendants(proc.pid)
     proc.kill()
     proc.wait()

@@ -125,3 +125,38 @@ async def test_redis_down_falls_back_to_local_state() -> None:
         assert not await board.sync()
     finally:
         await dead.aclose()
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["redis", "redis-down"])
+async def test_timeouts_are_counted_and_uptime_runs_while_closed(
+    client: aioredis.Redis, shared: bool
+) -> None:
+    """Seed 004's `total_timeouts` and `uptime_seconds`: a timeout is a failure that is also
+    counted as a timeout (in Redis, seen by another process, and locally when Redis is down);
+    uptime grows while closed, is 0 while open, and restarts when the breaker closes again."""
+    clock = FakeClock()
+    if shared:
+        a, b = store(client, clock), store(client, clock)
+    else:
+        dead = async_client(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
+        a = b = BreakerStore(dead, RedisGate(dead), {"dep": POLICY}, prefix="t:", clock=clock)
+    clock.now += 100
+    assert a.uptime("dep") == 100, "never changed: up since it was first watched"
+    await a.record("dep", Outcome.TIMEOUT)
+    await a.record("dep", Outcome.FAILURE)
+    await b.sync()
+    state = b.state("dep")
+    assert (state.failures, state.timeouts) == (2, 1)
+    for _ in range(3):
+        await a.record("dep", Outcome.TIMEOUT)
+    assert a.state("dep").state == OPEN and a.uptime("dep") == 0
+    clock.now += 5
+    for _ in range(2):
+        assert await a.admit("dep") is Admission.PROBE
+        await a.record("dep", Outcome.SUCCESS, probe=True)
+    assert a.state("dep").state == CLOSED
+    clock.now += 7
+    assert a.uptime("dep") == 7, "up since it closed again"
+    assert a.state("dep").timeouts == 4
+    if not shared:
+        await dead.aclose()

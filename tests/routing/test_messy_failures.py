@@ -123,6 +123,9 @@ def test_hung_primary_hands_over_within_eleven_seconds(
     assert answer.choices[0].message.content == full_text("secondary-upstream")
     assert 9.5 <= elapsed <= 11, elapsed
     assert primary.stats()["requests"] == 1 and secondary.stats()["requests"] == 1
+    breakers = json.loads(http("GET", gw.base + "/circuit-breakers")[2])["circuit_breakers"]
+    assert breakers["primary:0"]["total_timeouts"] == breakers["primary:0"]["total_failures"] == 1
+    assert breakers["secondary:0"]["total_timeouts"] == 0
 
 
 def test_headers_then_silence_hands_over_within_eleven_seconds_streamed(
