@@ -30,6 +30,7 @@ from services.api.openapi import document_lean_routes
 from services.api.ops import routes as ops_views
 from services.api.responses import JSON
 from services.config import Settings, load_settings
+from services.console.views import routes as console_views
 from services.errors import GatewayError, envelope, render
 from services.gateway import GatewayRef, open_gateway
 from services.platform.logs import (
@@ -81,15 +82,18 @@ def create_app(
     app = FastAPI(title="Fallback Routing", version=__version__, lifespan=lifespan,
                   strict_content_type=False)  # fmt: skip
     app.state.gateway = ref
+    keys = KeyRing.from_env(environ, settings.api.metrics_key)
+    app.state.auth_required = keys.enabled  # the console page asks for the admin key first
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.api.max_body_bytes,
         max_header_bytes=settings.api.max_header_bytes,
-        keys=KeyRing.from_env(environ, settings.api.metrics_key),
+        keys=keys,
         access_log=access_log,
     )
     _install_error_handlers(app)
-    for views in (ops_views, resilience_views, ledger_views, budget_views, demo_views):
+    for views in (ops_views, resilience_views, ledger_views, budget_views, demo_views,
+                  console_views):  # fmt: skip
         app.include_router(views)
     # First in the list: Starlette matches routes in order, and the request path should not pay
     # for testing every admin and docs route before its own.

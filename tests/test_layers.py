@@ -19,6 +19,7 @@ LAYERS = [
     {"capacity"},
     {"ledger"},
     {"api"},
+    {"console"},
     {"gateway"},
     {"app"},
     {"dev"},

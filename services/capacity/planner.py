@@ -43,6 +43,7 @@ from services.capacity.policy import (
 from services.capacity.scalers import ProcessScaler, Scaler, ScalerStatus, SimulatedScaler
 from services.capacity.signals import LogSample, log_growth, rate, sample_log
 from services.capacity.state import (
+    TIMELINE_LENGTH,
     PlannerLock,
     PublishedModel,
     PublishedState,
@@ -111,6 +112,7 @@ class CapacityPlanner:
         self._last_tick: float | None = None
         self._statuses: dict[Role, ScalerStatus] = {}
         self.observed: dict[str, float] = {}
+        self._events: list[str] = []  # for the timeline, sent with the next published state
 
     @property
     def models(self) -> dict[Role, str]:
@@ -140,6 +142,7 @@ class CapacityPlanner:
         decision = decide(self.state, observation, now, self.policy)
         for reason in decision.reasons:
             logger.info(reason)
+            self._events.append(reason)
         logger.debug(
             "tick: log growth {:.0f} B, {:.1f} requests/s, {:.0f} in flight, threshold {:.0f} "
             "({}), up {}/{} down {}/{}",
@@ -199,12 +202,14 @@ class CapacityPlanner:
 
     async def _act(self, action: Action) -> None:
         model = self.models[action.role]
-        logger.info("scaling {} ({} model) to {} planner replicas", model, action.role,
-                    action.replicas)  # fmt: skip
+        event = f"scaling {model} ({action.role} model) to {action.replicas} planner replicas"
+        logger.info(event)
+        self._events.append(event)
         try:
             await self._scalers[action.role].scale_to(action.replicas)
         except Exception as exc:  # noqa: BLE001 - logged; the next ticks retry via the state
             logger.error("scaling {} to {} failed: {}", model, action.replicas, exc)
+            self._events.append(f"scaling {model} to {action.replicas} failed: {exc}")
             return
         self._statuses[action.role] = await self._status(action.role)
 
@@ -230,11 +235,15 @@ class CapacityPlanner:
         )
 
     async def _publish(self) -> None:
+        events = self._events[-TIMELINE_LENGTH:]
         try:
             await publish(self._redis, self._prefix, self.published(),
-                          self._capacity.state_ttl_seconds)  # fmt: skip
+                          self._capacity.state_ttl_seconds, events)  # fmt: skip
         except REDIS_ERRORS as exc:
             logger.warning("could not publish the planner state ({})", type(exc).__name__)
+            self._events = events  # kept for the next tick's try
+            return
+        self._events = []
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick every interval until `stop`, then drain and stop what this planner started."""

@@ -8,6 +8,9 @@
     <prefix>capacity:lock       who may act (SET NX PX, renewed each tick by its owner)
     <prefix>capacity:load       hash the API processes increment: `requests`, `served:<model>`
     <prefix>capacity:inflight   hash: per API process, "<in-flight requests> <unix time>"
+    <prefix>capacity:events     list, newest first: the acting planner's decisions and actions
+                                as JSON {ts, message}, the last TIMELINE_LENGTH (the console's
+                                timeline)
 
 The API's side is `LoadReporter` (counts on the hot path in memory, one pipeline per sync) and
 `PublishedState.parse`; the planner's side is `PlannerLock`, `read_load` and `publish`.
@@ -18,7 +21,9 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -26,6 +31,8 @@ import redis.asyncio as aioredis
 from services.capacity.policy import READY, STARTING
 from services.platform.lua import LuaScript
 from services.routing.turn import TurnRecord
+
+TIMELINE_LENGTH = 200
 
 # Renew or release the lock only if we still own it (never someone else's, after an expiry).
 RENEW_LUA = """
@@ -45,7 +52,7 @@ return 0
 def keys(prefix: str) -> dict[str, str]:
     return {
         name: f"{prefix}capacity:{name}"
-        for name in ("state", "heartbeat", "lock", "load", "inflight")
+        for name in ("state", "heartbeat", "lock", "load", "inflight", "events")
     }
 
 
@@ -107,15 +114,38 @@ class PublishedState:
 
 
 async def publish(
-    redis: aioredis.Redis, prefix: str, state: PublishedState, ttl_seconds: float
+    redis: aioredis.Redis,
+    prefix: str,
+    state: PublishedState,
+    ttl_seconds: float,
+    events: Sequence[str] = (),
 ) -> None:
+    """The state and heartbeat, and this tick's decisions onto the timeline, in one round trip."""
     k = keys(prefix)
     ttl_ms = max(1, int(ttl_seconds * 1000))
     async with redis.pipeline(transaction=True) as pipe:
         pipe.set(k["state"], state.to_json(), px=ttl_ms)
         pipe.set(k["heartbeat"], orjson.dumps({"planner": state.planner, "at": state.updated}),
                  px=ttl_ms)  # fmt: skip
+        if events:
+            pipe.lpush(k["events"], *(orjson.dumps({"ts": state.updated, "message": e})
+                                      for e in events))  # fmt: skip
+            pipe.ltrim(k["events"], 0, TIMELINE_LENGTH - 1)
         await pipe.execute()
+
+
+async def read_timeline(redis: aioredis.Redis, prefix: str, limit: int) -> list[dict[str, Any]]:
+    """The planner's latest decisions, newest first (entries that do not parse are skipped)."""
+    raw: list[bytes | str] = await redis.lrange(keys(prefix)["events"], 0, limit - 1)
+    out = []
+    for item in raw:
+        try:
+            event = orjson.loads(item)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(event, dict) and isinstance(event.get("message"), str):
+            out.append({"ts": float(event.get("ts") or 0), "message": event["message"]})
+    return out
 
 
 async def read_state(redis: aioredis.Redis, prefix: str) -> PublishedState | None:

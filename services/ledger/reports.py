@@ -146,24 +146,23 @@ async def recent_incidents(
     return rows
 
 
-async def attempt_durations(
+async def recent_calls(
     engine: AsyncEngine, since_ts: float, limit: int
-) -> dict[str, list[float]]:
-    """Each deployment's upstream call durations (ms) since `since_ts`, newest `limit` calls in
-    all: its attempt rows and the requests its first call answered (those have no attempt row)."""
+) -> dict[str, list[tuple[float, bool]]]:
+    """Each deployment's upstream calls since `since_ts` as (milliseconds, succeeded), the newest
+    `limit` calls in all: its attempt rows, and the requests its first call answered (those have
+    no attempt row of their own, services/ledger/usage.py)."""
     r = records.c
+    implied = (r.kind == "request") & (r.attempts == 1) & (r.outcome == "ok")
     query = (
-        sa.select(r.deployment, r.duration_ms)
-        .where(
-            r.id >= id_at(since_ts),
-            r.deployment.is_not(None),
-            (r.kind == "attempt") | ((r.kind == "request") & (r.attempts == 1)),
-        )
+        sa.select(r.deployment, r.duration_ms, r.outcome)
+        .where(r.id >= id_at(since_ts), r.deployment.is_not(None), (r.kind == "attempt") | implied)
         .order_by(r.id.desc())
         .limit(limit)
     )
-    out: dict[str, list[float]] = {}
+    out: dict[str, list[tuple[float, bool]]] = {}
     async with engine.connect() as conn:
-        for deployment, duration in await conn.execute(query):
-            out.setdefault(deployment, []).append(float(duration))
+        for deployment, duration, outcome in await conn.execute(query):
+            if outcome != "cancelled":  # a hedge that lost its race says nothing of the upstream
+                out.setdefault(deployment, []).append((float(duration), outcome == "ok"))
     return out

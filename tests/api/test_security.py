@@ -86,6 +86,7 @@ ENDPOINTS: list[tuple[str, str, Any, str]] = [
     ("POST", "/api/admin/demo/run-single", {"prompt": "hi"}, "admin"),
     ("POST", "/api/admin/demo/run-scenarios", {}, "admin"),
     ("GET", "/api/admin/demo/summary", None, "admin"),
+    ("GET", "/api/admin/console", None, "admin"),
     ("GET", "/openapi.json", None, "public"),
 ]
 

@@ -19,7 +19,14 @@ from services.capacity.kubernetes import ClusterAccess, KubernetesError, Kuberne
 from services.capacity.planner import CapacityPlanner
 from services.capacity.policy import READY, STARTING, Role
 from services.capacity.scalers import Scaler, SimulatedScaler
-from services.capacity.state import LoadReporter, PublishedState, keys, read_load, read_state
+from services.capacity.state import (
+    LoadReporter,
+    PublishedState,
+    keys,
+    read_load,
+    read_state,
+    read_timeline,
+)
 from services.config import ScalerSettings, Settings
 from services.routing.turn import TurnRecord
 
@@ -132,6 +139,20 @@ async def test_published_state_follows_the_scalers_and_the_routing_target(
     state = await read_state(aredis, prefix)
     assert state is not None and state.target_selector == "default"
     assert state.threshold == 2000, "the large model is up: the bar for the next one doubles"
+    # The console's timeline: every decision and action, newest first, stamped with its tick.
+    timeline = await read_timeline(aredis, prefix, 50)
+    messages = [event["message"] for event in reversed(timeline)]
+    assert messages == [
+        "signal 5000 over threshold 1000 for 2 ticks: scaling up",
+        "scaling small-model (small model) to 1 planner replicas",
+        "scaling large-model (large model) to 1 planner replicas",
+        "small model ready after 10s",
+        "new sessions now go to the small model",
+        "large model ready after 30s",
+        "threshold doubled to 2000",
+        "new sessions now go to the large model",
+    ], messages
+    assert timeline[0]["ts"] > timeline[-1]["ts"]
 
 
 async def test_api_load_counters_add_up_and_forget_silent_processes(
