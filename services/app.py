@@ -28,6 +28,7 @@ from services.api.ledger_views import routes as ledger_views
 from services.api.middleware import RequestContextMiddleware
 from services.api.openapi import document_lean_routes
 from services.api.ops import routes as ops_views
+from services.api.report_views import routes as report_views
 from services.api.responses import JSON
 from services.config import Settings, load_settings
 from services.console.views import routes as console_views
@@ -92,8 +93,8 @@ def create_app(
         access_log=access_log,
     )
     _install_error_handlers(app)
-    for views in (ops_views, resilience_views, ledger_views, budget_views, demo_views,
-                  console_views):  # fmt: skip
+    for views in (ops_views, resilience_views, ledger_views, report_views, budget_views,
+                  demo_views, console_views):  # fmt: skip
         app.include_router(views)
     # First in the list: Starlette matches routes in order, and the request path should not pay
     # for testing every admin and docs route before its own.

@@ -1,22 +1,22 @@
-"""The ledger's views (SPEC §5 `/api/llm/*`): provider registry, usage, costs, trends, records.
+"""The ledger's views (SPEC §5 `/api/llm/*`): provider registry, usage, records, switches.
 
-    GET  /api/llm/providers                    the registry, with live breaker and health state
-    GET  /api/llm/metrics?provider=&days=      usage per provider (deployment) over the window
-    GET  /api/llm/costs?days=                  cost, local vs remote, savings vs the reference
-    GET  /api/llm/trends?days=                 daily totals per provider (UTC days)
+    GET  /api/llm/providers?days=              the registry, with live breaker and health state
+                                               and seed 002's status fields
+    GET  /api/llm/metrics?provider=&days=      usage per deployment over the window
     POST /api/llm/record                       usage that happened outside the gateway
     POST /api/llm/providers/{name}/enable      {"enabled": bool}, effective in every process
-    GET  /api/llm/health                       the ledger's own health
+    GET  /api/llm/health                       providers by status, fallback availability, and
+                                               the ledger's own health
 
-`days` is 1..3650 (1 = today, UTC). "Provider" here is a deployment name (`large-model:0`):
-that is the unit with its own breaker, pricing and registry row.
+Costs and trends are in services/api/report_views.py. `days` is 1..3650 (1 = today, UTC).
+"Provider" here is a deployment name (`large-model:0`): that is the unit with its own breaker,
+pricing and registry row; `metrics?provider=` also takes a model or a provider kind.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections import defaultdict
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol
@@ -24,9 +24,9 @@ from typing import Annotated, Any, Protocol
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
 
 from services.api.json_routes import JsonBodyRoute
+from services.api.ledger_access import engine, own_key, query, scope
 from services.api.ledger_schemas import EnableRequest, ExternalUsage
 from services.api.parts import gateway_parts
 from services.api.provider_status import LIVE_STATUSES, live_status, provider_status
@@ -35,11 +35,10 @@ from services.config import TIERS, Deployment, Settings
 from services.errors import InvalidRequest, LedgerUnavailable, NotFound
 from services.ledger import db as ledger_db
 from services.ledger import reports
-from services.ledger.costs import cost_nanousd, savings, usd
+from services.ledger.costs import cost_nanousd, usd
 from services.ledger.records import UsageRecord, record_id
 from services.ledger.runtime import LedgerRuntime
 from services.ledger.switches import OperatorSwitches
-from services.platform.request_context import caller_var, sees_all_var
 from services.resilience.breaker_store import BreakerStore
 from services.resilience.health_monitor import HealthMonitor
 
@@ -67,33 +66,6 @@ class LedgerViewParts(Protocol):
 
 Parts = Annotated[LedgerViewParts, Depends(gateway_parts)]
 routes = APIRouter(prefix="/api/llm", route_class=JsonBodyRoute)
-
-
-def own_key() -> str | None:
-    """Whose usage the caller may see: None (everyone's) for the admin key or a keyless
-    gateway, else the caller's own key id."""
-    return None if sees_all_var.get() else caller_var.get()
-
-
-def scope() -> str:
-    """What a usage view covers, as its answers say."""
-    key = own_key()
-    return "all" if key is None else f"key:{key}"
-
-
-def engine(parts: LedgerViewParts) -> Any:
-    """The ledger's database engine; 503 when the ledger is off."""
-    runtime = parts.ledger_runtime
-    if runtime is None:
-        raise LedgerUnavailable("the usage ledger is disabled (ledger.enabled: false)")
-    return runtime.engine
-
-
-async def query(coro: Any) -> Any:
-    try:
-        return await coro
-    except SQLAlchemyError as exc:
-        raise LedgerUnavailable("the ledger database cannot be reached") from exc
 
 
 def known(parts: LedgerViewParts, provider: str) -> None:
@@ -181,83 +153,6 @@ def usage_entries(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             round((attempts - entry["failed_attempts"]) / attempts, 4) if attempts else None
         )
     return out
-
-
-@routes.get("/costs")
-async def costs(parts: Parts, days: Days = 30) -> Response:
-    """Total cost, local vs remote requests, and savings against the reference model."""
-    rows = await query(reports.usage_by_provider(engine(parts), days, api_key_id=own_key()))
-    billed = [r for r in rows if r["kind"] in ledger_db.BILLED_KINDS]
-    actual = sum(r["cost_nanousd"] or 0 for r in billed)
-    tokens_in = sum(r["tokens_in"] or 0 for r in billed)
-    tokens_out = sum(r["tokens_out"] or 0 for r in billed)
-    hypothetical = cost_nanousd(parts.settings.ledger.reference_pricing, tokens_in, tokens_out)
-    saved, percent = savings(actual, hypothetical)
-    by_provider: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {"requests": 0, "cost_nanousd": 0, "tokens_in": 0, "tokens_out": 0}
-    )
-    for r in billed:
-        entry = by_provider[r["deployment"] or "(none)"]
-        entry["requests"] += r["calls"]
-        entry["cost_nanousd"] += r["cost_nanousd"] or 0
-        entry["tokens_in"] += r["tokens_in"] or 0
-        entry["tokens_out"] += r["tokens_out"] or 0
-        entry["local"] = bool(r["local"])
-    reference = parts.settings.ledger.reference_model
-    # Seed 002's name for the same figure, where it is true: its reference model is Claude.
-    seed_alias = (
-        {"hypothetical_claude_cost_usd": usd(hypothetical)} if "claude" in reference else {}
-    )
-    return json_response(
-        {
-            "days": days,
-            "scope": scope(),
-            "total_cost_usd": usd(actual),
-            "total_requests": sum(r["calls"] for r in billed),
-            "local_requests": sum(r["calls"] for r in billed if r["local"]),
-            "remote_requests": sum(r["calls"] for r in billed if not r["local"]),
-            "total_tokens_in": tokens_in,
-            "total_tokens_out": tokens_out,
-            "reference_model": reference,
-            "hypothetical_reference_cost_usd": usd(hypothetical),
-            **seed_alias,
-            "estimated_savings_usd": usd(saved),
-            "savings_percentage": percent,
-            "by_provider": {
-                name: {**{k: v for k, v in e.items() if k != "cost_nanousd"},
-                       "cost_usd": usd(e["cost_nanousd"])}
-                for name, e in sorted(by_provider.items())
-            },
-        }
-    )  # fmt: skip
-
-
-@routes.get("/trends")
-async def trends(parts: Parts, days: Days = 30) -> Response:
-    """Daily (UTC) requests, tokens and cost per provider, oldest day first."""
-    rows = await query(reports.daily(engine(parts), days, own_key()))
-    by_day: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        day = by_day.setdefault(
-            row["day"].isoformat(), {"cost_usd": 0.0, "requests": 0, "providers": {}}
-        )
-        nano = row["cost_nanousd"]
-        entry = day["providers"].setdefault(
-            row["deployment"] or "(none)",
-            {"requests": 0, "tokens_in": 0, "tokens_out": 0, "cost_nanousd": 0},
-        )
-        entry["requests"] += row["requests"]
-        entry["tokens_in"] += row["tokens_in"]
-        entry["tokens_out"] += row["tokens_out"]
-        entry["cost_nanousd"] += nano
-        day["requests"] += row["requests"]
-        day["cost_nanousd"] = day.get("cost_nanousd", 0) + nano
-    for day in by_day.values():
-        day["cost_usd"] = usd(day.pop("cost_nanousd", 0))
-        for entry in day["providers"].values():
-            entry["cost_usd"] = usd(entry.pop("cost_nanousd"))
-    daily = [{"day": d, **v} for d, v in by_day.items()]
-    return json_response({"days": days, "scope": scope(), "daily": daily})
 
 
 @routes.post("/record", status_code=201)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -326,3 +329,48 @@ def test_streamed_answer_records_upstream_usage_and_ttft(
     )
     assert found.tokens_in == 4 and found.tokens_out > 0 and found.ttft_ms is not None
     assert found.cost_nanousd == found.tokens_in * 150 + found.tokens_out * 600
+
+
+def test_costs_and_trends_as_csv_sum_to_their_json(llm: GatewayServer) -> None:
+    """`?format=csv` and `Accept: text/csv` give CSV that Python's csv module reads, whose rows
+    sum to the JSON's figures; the JSON carries the month-end projection."""
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    usage = [
+        ("remote", "remote:0", 1_234_567, 89_012, None),
+        ("remote", "remote:0", 7, 3, yesterday),
+        ("local", "local:0", 400_000, 100_000, None),
+    ]
+    for model, provider, tokens_in, tokens_out, when in usage:
+        body = {
+            "model": model,
+            "provider": provider,
+            "tokens_in": tokens_in,
+            "tokens_out": tokens_out,
+        }
+        if when:
+            body["timestamp"] = when
+        assert record(llm.base, **body)[0] == 201
+    wait_until(lambda: flushed(llm.base), what="ledger flush")
+    costs = get(llm.base, "/api/llm/costs?days=7")[1]
+    status, headers, raw = http("GET", llm.base + "/api/llm/costs?days=7&format=csv")
+    assert status == 200 and headers["content-type"].startswith("text/csv")
+    assert headers["content-disposition"] == 'attachment; filename="costs-7d.csv"'
+    rows = list(csv.DictReader(io.StringIO(raw.decode())))
+    assert [r["deployment"] for r in rows] == ["local:0", "remote:0"]
+    assert round(float(sum(Decimal(r["cost_usd"]) for r in rows)), 8) == costs["total_cost_usd"] > 0
+    assert sum(int(r["requests"]) for r in rows) == costs["total_requests"] == 3
+    assert sum(int(r["tokens_in"]) for r in rows) == costs["total_tokens_in"]
+    assert costs["projected_period_cost_usd"] >= costs["projection"]["month_to_date_usd"] > 0
+
+    status, _, raw = http(
+        "GET", llm.base + "/api/llm/trends?days=7", headers={"Accept": "text/csv"}
+    )
+    assert status == 200
+    lines = list(csv.DictReader(io.StringIO(raw.decode())))
+    trends = get(llm.base, "/api/llm/trends?days=7")[1]["daily"]
+    assert len(trends) == 2, "yesterday and today"
+    for day in trends:
+        mine = [r for r in lines if r["day"] == day["day"]]
+        assert sum(int(r["requests"]) for r in mine) == day["requests"]
+        assert round(float(sum(Decimal(r["cost_usd"]) for r in mine)), 8) == day["cost_usd"]
+    assert get(llm.base, "/api/llm/costs?format=xml")[0] == 422
