@@ -248,6 +248,7 @@ def capacity(config: ConfigOption = None) -> None:
     steer new sessions. Log: .logs/capacity_planning.log (every decision and why)."""
     import aiohttp
 
+    from services.alerts.sender import AlertSender
     from services.capacity.planner import CapacityPlanner, build_scaler
     from services.capacity.policy import ROLES, Role
     from services.capacity.scalers import Scaler
@@ -270,10 +271,16 @@ def capacity(config: ConfigOption = None) -> None:
             for role in ROLES:
                 managed = getattr(settings.capacity, role)  # capacity.large / capacity.small
                 scalers[role] = build_scaler(managed.model, managed.scaler, http, log_dir)
-            planner = CapacityPlanner(settings, redis_client, scalers)
+            alerts = AlertSender(settings.alerts, os.environ, redis_client, None,
+                                 prefix=settings.redis.key_prefix)  # fmt: skip
+            sending = asyncio.create_task(alerts.run()) if alerts.enabled else None
+            planner = CapacityPlanner(settings, redis_client, scalers, alerts=alerts)
             try:
                 await planner.run(stopping)
             finally:
+                if sending is not None:
+                    sending.cancel()
+                await alerts.close()
                 await redis_client.aclose()
 
     _run_until_signal(serve)

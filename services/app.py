@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services import __version__
 from services.api import drain
 from services.api.admin import routes as resilience_views
+from services.api.alert_views import routes as alert_views
 from services.api.auth import KeyRing
 from services.api.budget_views import routes as budget_views
 from services.api.chat import CHAT_ENDPOINTS, chat_routes
@@ -94,7 +95,7 @@ def create_app(
     )
     _install_error_handlers(app)
     for views in (ops_views, resilience_views, ledger_views, report_views, budget_views,
-                  demo_views, console_views):  # fmt: skip
+                  demo_views, alert_views, console_views):  # fmt: skip
         app.include_router(views)
     # First in the list: Starlette matches routes in order, and the request path should not pay
     # for testing every admin and docs route before its own.

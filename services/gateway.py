@@ -12,12 +12,15 @@ import aiohttp
 import redis.asyncio as aioredis
 from loguru import logger
 
+from services.alerts.sender import AlertSender
+from services.alerts.sources import breaker_hook, health_hook
 from services.api.budgets import Budgets
 from services.api.rate_limit import RateLimiter
 from services.capacity.replicas import ReplicaRouting
 from services.capacity.state import LoadReporter
 from services.config import Deployment, Settings
 from services.errors import GatewayError
+from services.ledger.cost_watch import watch_daily_cost
 from services.ledger.runtime import LedgerRuntime
 from services.ledger.switches import OperatorSwitches
 from services.ledger.usage import LedgerObserver, Metering
@@ -65,6 +68,7 @@ class Gateway:
     switches: OperatorSwitches
     metrics: Metrics
     load: LoadReporter
+    alerts: AlertSender
     # Deployments an operator switched off (POST /api/llm/providers/{name}/enable): shared with
     # the executor, refreshed from Redis by every process.
     disabled: set[str]
@@ -94,6 +98,14 @@ class Gateway:
         ]
         if self.ledger_runtime is not None:
             loops.append(self.ledger_runtime.ledger.run())
+        alerting = self.settings.alerts
+        if self.alerts.enabled:
+            loops.append(self.alerts.run())
+            if (self.ledger_runtime is not None and alerting.daily_cost_usd is not None
+                    and self.alerts.wanted("cost.daily")):  # fmt: skip
+                loops.append(watch_daily_cost(self.ledger_runtime.engine, self.alerts,
+                                              alerting.daily_cost_usd,
+                                              alerting.cost_check_interval_seconds))  # fmt: skip
         for loop in loops:
             self.tasks.append(asyncio.create_task(loop, name=getattr(loop, "__qualname__", "loop")))
 
@@ -126,6 +138,7 @@ class Gateway:
             logger.error("background loop {} did not stop on cancellation: {}", task.get_name(),
                          "; ".join(str(frame) for frame in task.get_stack()))  # fmt: skip
         self.tasks.clear()
+        await self.alerts.close()
         if self.ledger_runtime is not None:
             await self.ledger_runtime.close()
         await self.cache.flush()
@@ -158,6 +171,10 @@ async def open_gateway(
     breakers, health, cache, stats, executor = walk_parts(
         settings, redis, gate, router, providers, table, disabled
     )
+    alerts = AlertSender(settings.alerts, environ, redis, gate, prefix=prefix)
+    if alerts.enabled:
+        breakers.on_change = breaker_hook(alerts)
+        health.on_change = health_hook(alerts)
     sessions = SessionStore(
         redis,
         gate,
@@ -182,7 +199,7 @@ async def open_gateway(
         build_provider=build_provider,
     )
     limiter = RateLimiter(redis, gate, settings.api.rate_limit, prefix=prefix)
-    budgets = Budgets(redis, gate, settings, prefix=prefix)
+    budgets = Budgets(redis, gate, settings, prefix=prefix, alerts=alerts)
     engine = ledger_runtime.engine if ledger_runtime is not None else None
     switches = OperatorSwitches(redis, gate, engine, disabled, prefix=prefix)
     await switches.refresh()
@@ -207,6 +224,7 @@ async def open_gateway(
         switches=switches,
         metrics=metrics,
         load=load,
+        alerts=alerts,
         disabled=disabled,
         deployment_table=table,
         ledger_runtime=ledger_runtime,

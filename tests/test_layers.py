@@ -13,6 +13,7 @@ LAYERS = [
     {"errors"},
     {"config"},
     {"platform"},
+    {"alerts"},
     {"providers"},
     {"resilience"},
     {"routing"},

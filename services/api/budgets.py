@@ -27,6 +27,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from loguru import logger
 
+from services.alerts.events import Alert
+from services.alerts.sender import AlertSender
 from services.config import Pricing, Settings
 from services.errors import BudgetExceeded
 from services.ledger.costs import NANO_PER_USD, cost_nanousd, usd
@@ -48,12 +50,15 @@ redis.call('HINCRBY', KEYS[1], 'reserved', estimate)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return {1, spent, reserved + estimate, limit}
 """
+# Returns the spend before and after, and the key's limit: the one settlement that crosses the
+# alert threshold is the only one to see it crossed (the script runs atomically).
 SETTLE_LUA = """
 local reserved = redis.call('HINCRBY', KEYS[1], 'reserved', 0 - tonumber(ARGV[1]))
 if reserved < 0 then redis.call('HSET', KEYS[1], 'reserved', 0) end
-redis.call('HINCRBY', KEYS[1], 'spent', ARGV[2])
+local after = redis.call('HINCRBY', KEYS[1], 'spent', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-return 1
+local limit = tonumber(redis.call('HGET', KEYS[2], ARGV[4]) or ARGV[5])
+return {after - tonumber(ARGV[2]), after, limit}
 """
 
 
@@ -77,8 +82,11 @@ class Budgets:
         *,
         prefix: str,
         clock: Callable[[], float] = time.time,
+        alerts: AlertSender | None = None,
     ) -> None:
         self._settings = settings.api.budgets
+        self._alerts = alerts
+        self._alert_ratio = settings.alerts.budget_percent / 100
         self._redis = redis
         self._gate = gate
         self._prefix = f"{prefix}budget:"
@@ -149,16 +157,31 @@ class Budgets:
         held = self._held.pop(turn.request_id, None)
         if held is None:
             return
-        task = asyncio.create_task(self._settle_now(held[0], held[1], turn.cost_nanousd))
+        task = asyncio.create_task(
+            self._settle_now(turn.caller, held[0], held[1], turn.cost_nanousd)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _settle_now(self, usage: str, reserved: int, cost: int) -> None:
+    async def _settle_now(self, key_id: str, usage: str, reserved: int, cost: int) -> None:
+        args = [reserved, cost, 40 * 86_400, key_id, self.limit_nanousd(key_id)]
         try:
-            await self._settle(keys=[usage], args=[reserved, cost, 40 * 86_400])
+            before, after, limit = await self._settle(keys=[usage, self._limits_key], args=args)
         except REDIS_ERRORS as exc:
             self._gate.mark_down(exc)
             logger.warning("budget settlement lost with Redis ({}): {} nano-USD", exc, cost)
+            return
+        threshold = int(limit) * self._alert_ratio
+        if self._alerts is not None and int(limit) > 0 and int(before) < threshold <= int(after):
+            period = usage.rsplit(":", 1)[1]
+            self._alerts.emit(Alert(
+                "budget.threshold", key_id,
+                f"API key {key_id} has spent ${usd(int(after))} of its ${usd(int(limit))} budget "
+                f"for {period} ({100 * int(after) / int(limit):.0f} %)",
+                {"key_id": key_id, "period": period, "spent_usd": usd(int(after)),
+                 "budget_usd": usd(int(limit))},
+                dedupe=f"budget:{key_id}:{period}", dedupe_seconds=40 * 86_400,
+            ))  # fmt: skip
 
     async def set_limit(self, key_id: str, budget_usd: float | None) -> None:
         """The admin's limit for `key_id`, for every process (None: back to the configuration)."""

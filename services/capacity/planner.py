@@ -26,6 +26,8 @@ import aiohttp
 import redis.asyncio as aioredis
 from loguru import logger
 
+from services.alerts.events import Alert
+from services.alerts.sender import AlertSender
 from services.capacity.kubernetes import KubernetesScaler
 from services.capacity.policy import (
     ROLES,
@@ -93,8 +95,10 @@ class CapacityPlanner:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        alerts: AlertSender | None = None,
     ) -> None:
         self._settings = settings
+        self._alerts = alerts
         self._capacity = settings.capacity
         self._redis = redis
         self._scalers = dict(scalers)
@@ -205,6 +209,10 @@ class CapacityPlanner:
         event = f"scaling {model} ({action.role} model) to {action.replicas} planner replicas"
         logger.info(event)
         self._events.append(event)
+        if self._alerts is not None:
+            self._alerts.emit(Alert("planner.scale", model, event, {
+                "role": action.role, "replicas": action.replicas, "signal": self.observed,
+                "threshold": self.state.threshold}))  # fmt: skip
         try:
             await self._scalers[action.role].scale_to(action.replicas)
         except Exception as exc:  # noqa: BLE001 - logged; the next ticks retry via the state

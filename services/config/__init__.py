@@ -24,6 +24,13 @@ from services.config.base import (
     ModelName,
     Section,
 )
+from services.config.observability import (
+    ALERT_EVENTS,
+    AlertEvent,
+    AlertSettings,
+    TracingSettings,
+    WebhookSettings,
+)
 from services.config.resilience import (
     BreakerSettings,
     BudgetSettings,
@@ -64,6 +71,7 @@ from services.config.settings import (
 from services.errors import ConfigError
 
 __all__ = [
+    "ALERT_EVENTS",
     "DEFAULT_CONFIG_PATH",
     "ENV_OVERRIDES",
     "ENV_PREFIX",
@@ -71,6 +79,8 @@ __all__ = [
     "ROOT",
     "SESSION_ID_RE",
     "TIERS",
+    "AlertEvent",
+    "AlertSettings",
     "ApiSettings",
     "BreakerSettings",
     "BudgetSettings",
@@ -100,7 +110,9 @@ __all__ = [
     "SessionSettings",
     "Settings",
     "Simulation",
+    "TracingSettings",
     "UpstreamSettings",
+    "WebhookSettings",
     "effective_config",
     "load_settings",
     "redact_url",

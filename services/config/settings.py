@@ -13,6 +13,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from services.config.base import DEFAULT_CONFIG_PATH, ENV_PREFIX, TIERS, ModelName, Section
+from services.config.observability import AlertSettings, TracingSettings
 from services.config.resilience import (
     BreakerSettings,
     Chain,
@@ -48,6 +49,8 @@ class Settings(Section):
     database: DatabaseSettings = DatabaseSettings()
     ledger: LedgerSettings = LedgerSettings()
     capacity: CapacitySettings = CapacitySettings()
+    alerts: AlertSettings = AlertSettings()
+    otel: TracingSettings = TracingSettings()
     models: dict[ModelName, ModelSettings] = Field(min_length=1)
     chains: dict[ModelName, Chain] = Field(default_factory=dict)
 
@@ -216,6 +219,9 @@ def effective_config(settings: Settings, environ: Mapping[str, str]) -> dict[str
     data["database"]["url"] = redact_url(settings.database.url)
     if settings.api.metrics_key:
         data["api"]["metrics_key"] = "***"
+    for webhook in data["alerts"]["webhooks"]:
+        if webhook.get("secret"):
+            webhook["secret"] = "***"  # noqa: S105 - the redaction mark, not a password
     for model in data["models"].values():
         for deployment in model["deployments"]:
             key_env = deployment.get("api_key_env")

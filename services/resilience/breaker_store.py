@@ -204,6 +204,8 @@ class BreakerStore:
         self._states = {name: breaker.new_state(p) for name, p in self._policies.items()}
         self._pending = dict.fromkeys(self._policies, 0)
         self.rejections = dict.fromkeys(self._policies, 0)
+        # Told of every change of state this process sees: (name, old, new, changed_at, trips).
+        self.on_change: Callable[[str, str, str, float, int], None] | None = None
         # When this process began to watch each breaker: its uptime's start until it changes.
         self.watched_since = dict.fromkeys(self._policies, clock())
         # Planner replicas that were stopped: out of the views and the syncs, their Redis key
@@ -383,3 +385,5 @@ class BreakerStore:
                 )  # fmt: skip
             else:
                 logger.info("circuit breaker {}: {} -> {}", name, old.state, new.state)
+            if self.on_change is not None:
+                self.on_change(name, old.state, new.state, new.changed_at, new.trips)

@@ -95,6 +95,8 @@ class HealthMonitor:
         self._health = {
             name: DeploymentHealth(window=deque(maxlen=settings.window)) for name in providers
         }
+        # Told when a deployment's verdict flips: (name, healthy, the failing probe's error).
+        self.on_change: Callable[[str, bool, str | None], None] | None = None
 
     def add(self, name: str, provider: Provider, *, probed: bool) -> None:
         """A deployment that appeared at run time (a capacity-planner replica)."""
@@ -147,6 +149,8 @@ class HealthMonitor:
                 health.healthy = False
                 logger.warning("deployment {} is unhealthy: {} probes failed ({})", name,
                                health.probe_failures, exc.detail)  # fmt: skip
+                if self.on_change is not None:
+                    self.on_change(name, False, exc.detail)
         else:
             health.last_probe_ok, health.last_probe_error = True, None
             health.probe_failures = 0
@@ -154,6 +158,8 @@ class HealthMonitor:
             if not health.healthy:
                 health.healthy = True
                 logger.info("deployment {} is healthy again", name)
+                if self.on_change is not None:
+                    self.on_change(name, True, None)
         health.last_probe_at = self._clock()
         health.next_probe_at = health.last_probe_at + self.next_interval()
         return health.last_probe_ok

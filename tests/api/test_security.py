@@ -87,6 +87,8 @@ ENDPOINTS: list[tuple[str, str, Any, str]] = [
     ("POST", "/api/admin/demo/run-scenarios", {}, "admin"),
     ("GET", "/api/admin/demo/summary", None, "admin"),
     ("GET", "/api/admin/console", None, "admin"),
+    ("GET", "/api/admin/alerts", None, "admin"),
+    ("POST", "/api/admin/alerts/test", {}, "admin"),
     ("GET", "/openapi.json", None, "public"),
 ]
 

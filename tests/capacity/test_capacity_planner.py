@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 import yaml
 from aiohttp import web
 
+from services.alerts.sender import AlertSender
 from services.capacity.kubernetes import ClusterAccess, KubernetesError, KubernetesScaler
 from services.capacity.planner import CapacityPlanner
 from services.capacity.policy import READY, STARTING, Role
@@ -27,8 +28,9 @@ from services.capacity.state import (
     read_state,
     read_timeline,
 )
-from services.config import ScalerSettings, Settings
+from services.config import AlertSettings, ScalerSettings, Settings
 from services.routing.turn import TurnRecord
+from tests.alerts.receiver import Receiver
 
 
 class Clock:
@@ -288,3 +290,34 @@ def test_kubeconfig_with_embedded_ca_and_token_file(tmp_path: Path) -> None:
     access = access_from_kubeconfig(tmp_path / "kc")
     assert access.server == "https://k8s.example:6443" and access.token == "from-file"
     assert access.ssl is False, "insecure-skip-tls-verify turns verification off"
+
+
+async def test_scale_actions_are_sent_as_alerts(
+    tmp_path: Path, redis_url: str, aredis: aioredis.Redis
+) -> None:
+    """`planner.scale`: one alert per scaler action, to a real receiver."""
+    settings = capacity_settings(tmp_path, redis_url)
+    clock = Clock()
+    with Receiver() as receiver:
+        alerts = AlertSender(AlertSettings.model_validate({"webhooks": [{"url": receiver.url}]}),
+                             {}, aredis, None, prefix="fr:")  # fmt: skip
+        sending = asyncio.create_task(alerts.run())
+        scalers: dict[Role, Scaler] = {
+            role: SimulatedScaler(getattr(settings.capacity, role).model,
+                                  getattr(settings.capacity, role).scaler, clock)
+            for role in ("large", "small")
+        }  # fmt: skip
+        planner = CapacityPlanner(settings, aredis, scalers, clock=clock, alerts=alerts)
+        await planner.tick()
+        for _ in range(2):
+            grow_log(settings, 5000)
+            clock.now += 10
+            await planner.tick()
+        for _ in range(200):
+            if len(receiver.deliveries) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        await alerts.close()
+        sending.cancel()
+    events = sorted((e["subject"], e["details"]["replicas"], e["event"]) for e in receiver.events())
+    assert events == [("large-model", 1, "planner.scale"), ("small-model", 1, "planner.scale")]

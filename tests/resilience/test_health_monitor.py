@@ -47,17 +47,23 @@ def monitor(provider: FakeProvider, clock: FakeClock, **settings: Any) -> Health
 
 
 async def test_unhealthy_after_consecutive_probe_failures_and_healed_by_one_success() -> None:
-    """Two failed probes in a row mark it unhealthy; the next success heals it."""
+    """Two failed probes in a row mark it unhealthy; the next success heals it. Each flip, and
+    only a flip, is told to `on_change` (what the deployment.* alerts hang on)."""
     provider, clock = FakeProvider("d"), FakeClock()
     health = monitor(provider, clock, unhealthy_after=2)
+    flips: list[tuple[str, bool, str | None]] = []
+    health.on_change = lambda *flip: flips.append(flip)
     provider.up = False
     assert not await health.probe("d")
-    assert health.healthy("d")
+    assert health.healthy("d") and flips == []
     assert not await health.probe("d")
     assert not health.healthy("d")
+    assert len(flips) == 1 and flips[0][:2] == ("d", False) and flips[0][2]
+    assert not await health.probe("d")
+    assert len(flips) == 1, "still unhealthy: no news"
     provider.up = True
     assert await health.probe("d")
-    assert health.healthy("d")
+    assert health.healthy("d") and flips[1] == ("d", True, None)
 
 
 async def test_probes_run_when_due_on_a_jittered_interval() -> None:
