@@ -81,8 +81,11 @@ def create_app(
     # strict_content_type=False: the admin and ledger POST routes read a JSON body sent without a
     # Content-Type, as the chat routes do (curl -d). The browser CSRF this check guards against
     # is refused by the middleware instead (a cross-site request while no keys are configured).
+    # telemetry off: FastAPI's native OpenTelemetry would otherwise test the global providers on
+    # every request; the gateway's own spans (services/platform/tracing.py) carry the routing.
     app = FastAPI(title="Fallback Routing", version=__version__, lifespan=lifespan,
-                  strict_content_type=False)  # fmt: skip
+                  strict_content_type=False,
+                  telemetry={"tracing": False, "metrics": False, "logs": False})  # fmt: skip
     app.state.gateway = ref
     keys = KeyRing.from_env(environ, settings.api.metrics_key)
     app.state.auth_required = keys.enabled  # the console page asks for the admin key first

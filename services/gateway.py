@@ -27,6 +27,7 @@ from services.ledger.usage import LedgerObserver, Metering
 from services.platform.metrics import Metrics
 from services.platform.redis_connection import async_client
 from services.platform.redis_gate import RedisGate
+from services.platform.tracing import Tracing, open_tracing
 from services.providers.base import Provider
 from services.providers.factory import build_provider, build_providers
 from services.resilience.breaker_store import BreakerStore
@@ -37,6 +38,7 @@ from services.routing.executor import ChainExecutor
 from services.routing.response_cache import ResponseCache
 from services.routing.router import Router
 from services.routing.sessions import SessionStore
+from services.routing.spans import RequestSpans
 from services.routing.turn import TurnObserver, Turns
 from services.routing.turn_metrics import TurnMetrics
 
@@ -69,6 +71,7 @@ class Gateway:
     metrics: Metrics
     load: LoadReporter
     alerts: AlertSender
+    tracing: Tracing | None
     # Deployments an operator switched off (POST /api/llm/providers/{name}/enable): shared with
     # the executor, refreshed from Redis by every process.
     disabled: set[str]
@@ -139,6 +142,8 @@ class Gateway:
                          "; ".join(str(frame) for frame in task.get_stack()))  # fmt: skip
         self.tasks.clear()
         await self.alerts.close()
+        if self.tracing is not None:
+            await self.tracing.close()
         if self.ledger_runtime is not None:
             await self.ledger_runtime.close()
         await self.cache.flush()
@@ -168,8 +173,9 @@ async def open_gateway(
     disabled: set[str] = set()
     load = LoadReporter(prefix)
     router = Router(settings, providers)
+    tracing = open_tracing(settings.otel, environ)
     breakers, health, cache, stats, executor = walk_parts(
-        settings, redis, gate, router, providers, table, disabled
+        settings, redis, gate, router, providers, table, disabled, tracing
     )
     alerts = AlertSender(settings.alerts, environ, redis, gate, prefix=prefix)
     if alerts.enabled:
@@ -203,6 +209,9 @@ async def open_gateway(
     engine = ledger_runtime.engine if ledger_runtime is not None else None
     switches = OperatorSwitches(redis, gate, engine, disabled, prefix=prefix)
     await switches.refresh()
+    others: list[TurnObserver] = [load, limiter, budgets]
+    if tracing is not None:
+        others.append(RequestSpans(tracing))
     gateway = Gateway(
         settings=settings,
         environ=environ,
@@ -219,12 +228,13 @@ async def open_gateway(
         limiter=limiter,
         budgets=budgets,
         metering=Metering(settings),
-        turns=turn_observers(settings, ledger_runtime, table, metrics, [load, limiter, budgets]),
+        turns=turn_observers(settings, ledger_runtime, table, metrics, others),
         replicas=replicas,
         switches=switches,
         metrics=metrics,
         load=load,
         alerts=alerts,
+        tracing=tracing,
         disabled=disabled,
         deployment_table=table,
         ledger_runtime=ledger_runtime,
@@ -254,6 +264,7 @@ def walk_parts(
     providers: Mapping[str, Sequence[Provider]],
     table: dict[str, tuple[str, Deployment]],
     disabled: set[str],
+    tracing: Tracing | None = None,
 ) -> tuple[BreakerStore, HealthMonitor, ResponseCache, FallbackStatistics, ChainExecutor]:
     """The chain executor and what it walks with: breakers, health, cache and statistics."""
     resilience, prefix = settings.resilience, settings.redis.key_prefix
@@ -288,6 +299,7 @@ def walk_parts(
         stats=stats,
         disabled=disabled,
         deployments=table,
+        tracing=tracing,
     )
     return breakers, health, cache, stats, executor
 

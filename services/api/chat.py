@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, Protocol, TypeVar, overload
 
 import orjson
@@ -48,6 +48,8 @@ from services.errors import InvalidRequest, NotFound, RateLimited, SchemaError
 from services.ledger.usage import Metering, TurnStart
 from services.platform.metrics import Metrics
 from services.platform.request_context import caller_var, new_request_id, request_id_var
+from services.platform.tracing import Tracing
+from services.routing import spans
 from services.routing.executor import ChainExecutor
 from services.routing.outcomes import Failed, Routed, RoutedStream
 from services.routing.router import Router
@@ -83,6 +85,8 @@ class ChatParts(Protocol):
     def replicas(self) -> ReplicaRouting: ...
     @property
     def metrics(self) -> Metrics: ...
+    @property
+    def tracing(self) -> Tracing | None: ...
 
 
 Parts = Callable[[], ChatParts]
@@ -198,7 +202,8 @@ async def chat_completions(request: Request, parts: Parts) -> Response:
         payload["messages"] = [{"role": "user", "content": body.message}]
     check_messages(chat, payload["messages"])
     extra = {"session_id": body.session_id}
-    return await route_turn(chat, selector, payload, extra, body.session_id, body.stream, False)
+    return await route_turn(chat, selector, payload, extra, body.session_id, body.stream, False,
+                            request.headers)  # fmt: skip
 
 
 async def openai_chat_completions(request: Request, parts: Parts) -> Response:
@@ -222,7 +227,8 @@ async def openai_chat_completions(request: Request, parts: Parts) -> Response:
             selector = usable_selector(chat, pinned)
         elif not await chat.sessions.pin(session_id, selector, caller, replace=False):
             raise session_not_found(session_id)
-    return await route_turn(chat, selector, raw, {}, session_id, body.stream, True)
+    return await route_turn(chat, selector, raw, {}, session_id, body.stream, True,
+                            request.headers)  # fmt: skip
 
 
 async def route_turn(
@@ -233,13 +239,28 @@ async def route_turn(
     session_id: str | None,
     stream: bool,
     echo_session: bool,
+    headers: Mapping[str, str],
 ) -> Response:
-    """Walk the chain, hand the turn's record to the observers, answer JSON or SSE."""
+    """Walk the chain, hand the turn's record to the observers, answer JSON or SSE (`headers`:
+    the request's, where a caller's `traceparent` is read when tracing is on)."""
     start = TurnStart(
         payload, request_id_var.get(), session_id, selector, caller_var.get(), time.perf_counter()
     )
     executor = chat.executor
-    routed = await walk_turn(chat, start, stream)
+    tracing = chat.tracing
+    if tracing is None:  # the default: no span, no context switch
+        routed = await walk_turn(chat, start, stream)
+    else:
+        token = spans.enter(
+            spans.start_request(tracing, selector, payload, start.request_id, headers)
+        )
+        try:
+            routed = await walk_turn(chat, start, stream)
+        except BaseException as exc:
+            spans.abandon(tracing, start.request_id, exc)
+            raise
+        finally:
+            spans.leave(token)
     if isinstance(routed, Failed):
         raise routed.error
     headers = router_headers(routed.model, routed.attempts, routed.fallback)

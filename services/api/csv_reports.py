@@ -16,6 +16,10 @@ from fastapi import Request
 from fastapi.responses import Response
 
 Format = Literal["json", "csv"]
+# For the OpenAPI document: these reports answer JSON or CSV.
+JSON_OR_CSV: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/json": {}, "text/csv": {"schema": {"type": "string"}}}}
+}
 
 
 def wants_csv(request: Request, format: Format | None) -> bool:
@@ -26,7 +30,7 @@ def wants_csv(request: Request, format: Format | None) -> bool:
 
 
 def exact_usd(nanousd: int) -> str:
-    return str(Decimal(nanousd).scaleb(-9).quantize(Decimal("0.000000001")))
+    return f"{Decimal(nanousd).scaleb(-9):.9f}"  # fixed point, never "0E-9"
 
 
 def csv_response(

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Protocol
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from services.api.csv_reports import Format, csv_response, exact_usd, wants_csv
+from services.api.csv_reports import JSON_OR_CSV, Format, csv_response, exact_usd, wants_csv
 from services.api.ledger_access import engine, own_key, query, scope
 from services.api.parts import gateway_parts
 from services.api.responses import json_response
@@ -90,7 +90,7 @@ async def projection(parts: ReportParts, now: datetime) -> dict[str, Any]:
     }
 
 
-@routes.get("/costs")
+@routes.get("/costs", responses=JSON_OR_CSV)
 async def costs(
     request: Request, parts: Parts, days: Days = 30, format: FormatQuery = None
 ) -> Response:
@@ -138,7 +138,7 @@ async def costs(
     )  # fmt: skip
 
 
-@routes.get("/trends")
+@routes.get("/trends", responses=JSON_OR_CSV)
 async def trends(
     request: Request, parts: Parts, days: Days = 30, format: FormatQuery = None
 ) -> Response:

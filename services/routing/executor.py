@@ -31,7 +31,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from loguru import logger
 
@@ -44,6 +44,7 @@ from services.errors import (
     UpstreamHTTPError,
     UpstreamTimeout,
 )
+from services.platform.tracing import Tracing
 from services.providers.base import ChunkStream, Json
 from services.providers.shapes import Assembler
 from services.resilience.backoff import backoff_delay
@@ -67,7 +68,11 @@ from services.routing.rejections import rejection_targets
 from services.routing.response_cache import ResponseCache
 from services.routing.resume import resume, stream_broke
 from services.routing.router import Candidate, Plan, Router
+from services.routing.spans import end_attempt, start_attempt
 from services.routing.tiers import ReplayedStream, completion_chunks, degraded_completion
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 __all__ = ["Attempt", "ChainExecutor", "Failed", "Opened", "Routed", "RoutedStream"]
 
@@ -92,8 +97,10 @@ class ChainExecutor:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._router = router
+        self._tracing = tracing
         self._all = settings
         self._settings = settings.resilience
         self._breakers = breakers
@@ -263,6 +270,7 @@ class ChainExecutor:
                 limit = min(remaining, self.gate.attempt_seconds(name)) if bounded else None
                 ttft = min(self.gate.ttft_seconds(name), remaining)
                 winner, winner_probe = candidate, probe
+                span = self._attempt_span(candidate, walk.attempts, retries, probe)
                 try:
                     if hedge.enabled and not retries:
                         opened, winner, winner_probe = await hedged_open(
@@ -276,12 +284,18 @@ class ChainExecutor:
                     walk.deadline_hit = isinstance(exc, UpstreamTimeout) and (
                         self._clock() >= walk.deadline - 0.01
                     )
-                except BaseException:
+                    if span is not None:
+                        end_attempt(span, None, exc)
+                except BaseException as exc:
+                    if span is not None:
+                        end_attempt(span, None, exc)
                     await self.gate.release(name, probe)  # cancelled: the client went away
                     raise
                 else:
                     elapsed = self._clock() - started
                     won = winner.provider.name
+                    if span is not None:
+                        end_attempt(span, won, None)
                     slow = await self.gate.succeeded(won, winner_probe, opened.ttft)
                     walk.log.append(Attempt(won, winner.model, True, elapsed, 200, None, slow))
                     route = "primary" if winner.model == resolved.policy.first_model else "fallback"
@@ -317,6 +331,17 @@ class ChainExecutor:
             await self.gate.release(name, probe)
             return None
         return remaining
+
+    def _attempt_span(
+        self, candidate: Candidate, number: int, retries: int, probe: bool
+    ) -> Span | None:
+        """The attempt's span when tracing is on (services/routing/spans.py)."""
+        if self._tracing is None:
+            return None
+        name = candidate.provider.name
+        found = self.gate.deployments.get(name)
+        return start_attempt(self._tracing, candidate, found[1] if found else None, number,
+                             retries, self._breakers.state(name).state, probe)  # fmt: skip
 
     def _passed_over(self, name: str, walk: Walk) -> bool:
         """Whether `name` is skipped without a call (noted with the reason, for the 503)."""

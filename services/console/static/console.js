@@ -237,7 +237,7 @@ async function refresh() {
       }
     }
     $("updated").textContent = "updated " + new Date().toLocaleTimeString();
-    document.body.dataset.loaded = String(Date.now());
+    if (!document.body.dataset.loaded) document.body.dataset.loaded = String(performance.now());
   } catch (error) {
     if (error instanceof Unauthorized) {
       showLogin(sessionStorage.getItem(KEY_STORE) ? error.message : "");
