@@ -163,8 +163,7 @@ async def open_gateway(
 ) -> Gateway:
     """Open the Redis client and the upstream pool, build every part, start the loops."""
     owns_redis = redis is None
-    if redis is None:
-        redis = async_client(settings.redis.url, timeout=settings.redis.socket_timeout_seconds)
+    redis = redis or async_client(settings.redis.url, timeout=settings.redis.socket_timeout_seconds)
     http = upstream_client(settings)
     prefix = settings.redis.key_prefix
     gate = RedisGate(redis)
@@ -177,17 +176,9 @@ async def open_gateway(
     breakers, health, cache, stats, executor = walk_parts(
         settings, redis, gate, router, providers, table, disabled, tracing
     )
-    alerts = AlertSender(settings.alerts, environ, redis, gate, prefix=prefix)
-    if alerts.enabled:
-        breakers.on_change = breaker_hook(alerts)
-        health.on_change = health_hook(alerts)
-    sessions = SessionStore(
-        redis,
-        gate,
-        prefix=prefix,
-        ttl_seconds=settings.sessions.ttl_seconds,
-        fallback_selector=settings.sessions.default_selector,
-    )
+    alerts = alert_sender(settings, environ, redis, gate, breakers, health)
+    sessions = SessionStore(redis, gate, prefix=prefix, ttl_seconds=settings.sessions.ttl_seconds,
+                            fallback_selector=settings.sessions.default_selector)  # fmt: skip
     if not await gate.check():
         logger.warning("Redis is not reachable at start: serving fail-open until it is")
     await breakers.sync()
@@ -209,9 +200,6 @@ async def open_gateway(
     engine = ledger_runtime.engine if ledger_runtime is not None else None
     switches = OperatorSwitches(redis, gate, engine, disabled, prefix=prefix)
     await switches.refresh()
-    others: list[TurnObserver] = [load, limiter, budgets]
-    if tracing is not None:
-        others.append(RequestSpans(tracing))
     gateway = Gateway(
         settings=settings,
         environ=environ,
@@ -228,7 +216,9 @@ async def open_gateway(
         limiter=limiter,
         budgets=budgets,
         metering=Metering(settings),
-        turns=turn_observers(settings, ledger_runtime, table, metrics, others),
+        turns=turn_observers(
+            settings, ledger_runtime, table, metrics, [load, limiter, budgets], tracing
+        ),
         replicas=replicas,
         switches=switches,
         metrics=metrics,
@@ -244,6 +234,22 @@ async def open_gateway(
     logger.info("gateway ready: {} models, {} chains, {} deployments",
                 len(settings.models), len(settings.chains), len(table))  # fmt: skip
     return gateway
+
+
+def alert_sender(
+    settings: Settings,
+    environ: Mapping[str, str],
+    redis: aioredis.Redis,
+    gate: RedisGate,
+    breakers: BreakerStore,
+    health: HealthMonitor,
+) -> AlertSender:
+    """The process's alerts, told of breaker and health changes when a webhook is configured."""
+    alerts = AlertSender(settings.alerts, environ, redis, gate, prefix=settings.redis.key_prefix)
+    if alerts.enabled:
+        breakers.on_change = breaker_hook(alerts)
+        health.on_change = health_hook(alerts)
+    return alerts
 
 
 def upstream_client(settings: Settings) -> aiohttp.ClientSession:
@@ -310,11 +316,14 @@ def turn_observers(
     table: dict[str, tuple[str, Deployment]],
     metrics: Metrics,
     others: list[TurnObserver],
+    tracing: Tracing | None = None,
 ) -> Turns:
     """Who hears of every finished chat turn: the ledger first (the record that must not be
     lost), then the metrics, then `others` (the planner's load counter, the rate limiter, the
-    budgets)."""
+    budgets), then the request spans when tracing is on."""
     observers: list[TurnObserver] = [TurnMetrics(metrics), *others]
+    if tracing is not None:
+        observers.append(RequestSpans(tracing))
     if ledger_runtime is None:
         return Turns(observers)
     ledger = LedgerObserver(settings, ledger_runtime.ledger, table)
