@@ -11,7 +11,6 @@ RUN uv sync --frozen --no-dev --no-install-project
 COPY main.py ./
 COPY services ./services
 COPY config ./config
-COPY migrations ./migrations
 RUN mkdir -p /app/.logs /app/.data && chown -R gateway /app/.logs /app/.data
 USER gateway
 ENV PATH=/app/.venv/bin:$PATH FR_API_HOST=0.0.0.0

@@ -243,3 +243,18 @@ def start_main_all(
         lambda: http("GET", base + "/readyz", timeout=1)[0] == 200, timeout=60, what="readyz"
     )
     return proc, base
+
+
+def readme_blocks() -> list[tuple[str, str]]:
+    """The README's fenced code blocks, as (language, text), in order."""
+    blocks, language, lines = [], None, []
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            if language is None:
+                language, lines = line[3:].strip(), []
+            else:
+                blocks.append((language, "\n".join(lines) + "\n"))
+                language = None
+        elif language is not None:
+            lines.append(line)
+    return blocks

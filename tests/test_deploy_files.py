@@ -74,10 +74,11 @@ def test_compose_runs_every_process_with_room_to_drain() -> None:
 
 
 def test_image_carries_what_the_api_reads_at_run_time() -> None:
-    """The Dockerfile copies the migrations (run at start) and gives the ledger a writable home,
+    """The Dockerfile copies the package (its migrations, run at start, and default config
+    inside) and the example configs, and gives the ledger a writable home,
     which compose keeps in a volume."""
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for needed in ("COPY services", "COPY config", "COPY migrations", "/app/.data"):
+    for needed in ("COPY services", "COPY config", "/app/.data"):  # migrations: in services/
         assert needed in dockerfile, needed
     assert "data:/app/.data" in " ".join(COMPOSE["x-gateway"]["volumes"])
     assert "data" in COMPOSE["volumes"]

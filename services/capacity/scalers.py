@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from loguru import logger
 from services.capacity.state import Replica
 from services.config import ROOT, ScalerSettings
 from services.platform.redis_connection import free_port
-from services.platform.supervisor import die_with_parent
+from services.platform.supervisor import die_with_parent, with_package_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +120,11 @@ class ProcessScaler:
     def argv(self, port: int) -> list[str]:
         """The replica's command line, placeholders substituted."""
         command = self._settings.command or [
-            "{python}", "{main}", "simulate", "--port", "{port}", "--model-name", "{model}",
-            "--cold-start-seconds", str(self._settings.startup_seconds),
+            "{python}", "-m", "services.cli", "simulate", "--port", "{port}", "--model-name",
+            "{model}", "--cold-start-seconds", str(self._settings.startup_seconds),
         ]  # fmt: skip
+        # `{main}`: a checkout's main.py (kept for existing configs; an installed package has
+        # none, where `{python} -m services.cli` is the same command).
         values = {"port": port, "model": self._model, "python": sys.executable,
                   "main": str(ROOT / "main.py")}  # fmt: skip
         return [part.format(**values) for part in command]
@@ -148,7 +151,7 @@ class ProcessScaler:
         # to our lifetime, like the children of `main.py all`; its output in its own file.
         process = await asyncio.create_subprocess_exec(
             *argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=die_with_parent,
+            preexec_fn=die_with_parent, env=with_package_path(os.environ),
         )  # fmt: skip
         self._procs.append(_Process(port, process, self._clock(), log))
         logger.info("started {} replica on port {} (pid {}): {}", self._model, port,

@@ -9,8 +9,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-DEFAULT_CONFIG_PATH = ROOT / "config" / "default.yaml"
+ROOT = Path(__file__).resolve().parent.parent.parent  # the checkout (or site-packages, installed)
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "default.yaml"  # shipped in the package
 ENV_PREFIX = "FR_"
 
 # Names that become part of Redis keys or URLs are checked against these before any I/O.

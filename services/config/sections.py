@@ -287,7 +287,7 @@ class CapacityModel(Section):
 class CapacitySettings(Section):
     """The capacity planner, `python main.py capacity` (SPEC §7, docs/capacity.md)."""
 
-    # Off unless a config turns it on (config/default.yaml does): it needs the two models.
+    # Off unless a config turns it on (services/config/default.yaml does): it needs the two models.
     enabled: bool = False
     interval_seconds: float = Field(10.0, gt=0)
     # Which signal drives decisions (both are measured and reported): the API log's growth in

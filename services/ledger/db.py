@@ -1,10 +1,11 @@
 """The ledger's database: tables, migrations, idempotent inserts and the report queries.
 
 SQLAlchemy Core with an async engine: SQLite through aiosqlite (WAL mode, the embedded default)
-or PostgreSQL through asyncpg. The schema is owned by alembic (`migrations/`), upgraded to head on
-start under a lock so that several workers starting together do not race. Records are inserted
-with ON CONFLICT DO NOTHING on their id, which is what makes replaying a write-ahead log twice
-harmless; the daily aggregates are incremented only for the rows that insert really added.
+or PostgreSQL through asyncpg. The schema is owned by alembic (`migrations/`, next to this
+module), upgraded to head on start under a lock so that several workers starting together do
+not race. Records are inserted with ON CONFLICT DO NOTHING on their id, which is what makes
+replaying a write-ahead log twice harmless; the daily aggregates are incremented only for the
+rows that insert really added.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-
-from services.config import ROOT
 
 metadata = sa.MetaData()
 
@@ -133,7 +132,7 @@ def make_engine(url: str) -> AsyncEngine:
 
 def _alembic_config(connection: sa.Connection) -> AlembicConfig:
     config = AlembicConfig()
-    config.set_main_option("script_location", str(ROOT / "migrations"))
+    config.set_main_option("script_location", str(Path(__file__).resolve().parent / "migrations"))
     config.attributes["connection"] = connection
     return config
 

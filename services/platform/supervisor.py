@@ -8,6 +8,7 @@ dies (PR_SET_PDEATHSIG), so even a SIGKILLed supervisor leaves no orphans behind
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from loguru import logger
@@ -166,3 +168,11 @@ class Supervisor:
                 self.poll()
         finally:
             self.stop(self.stop_grace_seconds)
+
+
+def with_package_path(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` with this `services` package on PYTHONPATH: children started as
+    `python -m services.cli ...` import it from a checkout and from an installed package alike."""
+    parent = str(Path(__file__).resolve().parent.parent.parent)
+    paths = [parent, *filter(None, [environ.get("PYTHONPATH")])]
+    return {**environ, "PYTHONPATH": os.pathsep.join(paths)}
