@@ -4,7 +4,8 @@
 
 The setup of bench/run.py (private redis-server, nginx answering a canned completion, one
 `main.py api` worker, wrk posting `/chat_completions` of a pinned session) with py-spy sampling
-the worker (`py-spy record --format raw`, 250 Hz, the GIL-holding thread only) while wrk runs.
+the worker (`py-spy record --format raw --gil`, 250 Hz: only samples where a thread holds the GIL,
+which is where Python's CPU time goes) while wrk runs.
 Each sample is put in one bucket by its innermost frame that belongs to a known layer: time in
 orjson called from our code counts as JSON, time in our middleware's own lines as middleware.
 Prints the buckets as a Markdown table, most first (bench/RESULTS.md keeps the runs).
@@ -34,21 +35,21 @@ from services.platform.redis_connection import free_port, start_redis_server  # 
 # (bucket, pattern on "function (file)"), tried innermost frame first; the first layer a frame
 # belongs to takes the sample.
 LAYERS = [
-    ("Redis (redis-py, hiredis)", r"/redis/|hiredis"),
-    ("upstream client (aiohttp)", r"/aiohttp/|/yarl/|/multidict/"),
-    ("JSON (orjson, json)", r"orjson|/json/"),
-    ("validation (pydantic)", r"/pydantic|pydantic_core"),
-    ("access line and logs", r"services/platform/logs\.py|/loguru/"),
-    ("ledger append (WAL, records)", r"services/ledger/"),
-    ("metrics (prometheus_client)", r"prometheus_client|services/platform/metrics\.py"),
+    ("Redis (redis-py, hiredis)", r"\((redis|hiredis)/"),
+    ("upstream client (aiohttp)", r"\((aiohttp|yarl|multidict|aiohappyeyeballs)/"),
+    ("JSON (orjson, json)", r"orjson|\(json/"),
+    ("validation (pydantic)", r"\((pydantic|pydantic_core)/"),
+    ("access line and logs", r"services/platform/logs\.py|\(loguru/"),
+    ("ledger (WAL append, database writes)", r"services/ledger/|\((aiosqlite|sqlalchemy)/"),
+    ("metrics (prometheus_client)", r"\(prometheus_client/|services/platform/metrics\.py"),
     ("auth, limits, guards", r"services/api/(auth|rate_limit|http_guard|input_limits)\.py"),
     ("request middleware", r"services/api/middleware\.py"),
     ("chat handler and SSE relay", r"services/api/(chat|streaming|schemas|responses)\.py"),
     ("routing (plan, walk, breakers, turn)", r"services/(routing|resilience|capacity)/"),
     ("adapters (providers)", r"services/providers/"),
-    ("ASGI framework (starlette, fastapi)", r"/starlette/|/fastapi/"),
-    ("HTTP server (uvicorn, httptools)", r"/uvicorn/|httptools"),
-    ("event loop (uvloop, asyncio)", r"uvloop|/asyncio/"),
+    ("ASGI framework (starlette, fastapi)", r"\((starlette|fastapi)/"),
+    ("HTTP server (uvicorn, httptools)", r"\((uvicorn|httptools)/"),
+    ("event loop (uvloop, asyncio)", r"\((uvloop|asyncio)/"),
 ]
 COMPILED = [(name, re.compile(pattern)) for name, pattern in LAYERS]
 
@@ -105,9 +106,10 @@ def main() -> None:
             ["wrk", "-t2", f"-c{args.concurrency}", f"-d{args.duration + 4}s", "-s", str(script),
              base + "/chat_completions"], env=wrk_env, stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        raw = workdir / "profile.txt"
+        raw = Path(os.environ.get("FR_PROFILE_RAW") or workdir / "profile.txt")
         subprocess.run([py_spy, "record", "--pid", str(api.pid), "--duration", str(args.duration),
-                        "--rate", "250", "--format", "raw", "--output", str(raw), "--nonblocking"],
+                        "--rate", "250", "--format", "raw", "--output", str(raw), "--nonblocking",
+                        "--gil"],
                        check=True, capture_output=True)  # fmt: skip
         load.wait()
         counts: Counter[str] = Counter()
@@ -117,7 +119,7 @@ def main() -> None:
                 counts[bucket(stack)] += int(n)
         total = sum(counts.values())
         print(f"py-spy, {args.duration}s at concurrency {args.concurrency}, upstream "
-              f"{args.upstream}: {total} samples of the worker's busy thread")  # fmt: skip
+              f"{args.upstream}: {total} samples holding the GIL in the worker")  # fmt: skip
         print("| layer | share of samples |\n|---|---|")
         for name, n in counts.most_common():
             print(f"| {name} | {100 * n / total:.1f} % |")
