@@ -216,10 +216,34 @@ def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
 
 
+def family(pid: int) -> list[int]:
+    """`pid` and every process below it (uvicorn's workers when there are several)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [pid], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time a process and its descendants have used so far (from /proc)."""
+    total = 0.0
+    for member in family(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def rss_mb(pid: int) -> float:
@@ -257,6 +281,9 @@ def main() -> None:
         "streamed requests) or one JSON completion (a server that ignores `stream: true`)",
     )
     parser.add_argument(
+        "--workers", type=int, default=1, help="uvicorn worker processes of the gateway"
+    )
+    parser.add_argument(
         "--ledger",
         choices=["on", "off"],
         default="on",
@@ -282,7 +309,7 @@ def main() -> None:
             "FR_LEDGER_WAL_DIR": str(workdir / "wal"),
         }
         api = subprocess.Popen(
-            [sys.executable, str(ROOT / "main.py"), "api", "--workers", "1"],
+            [sys.executable, str(ROOT / "main.py"), "api", "--workers", str(args.workers)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         procs.append(api)
@@ -313,11 +340,13 @@ def main() -> None:
                 run["cpu_us"] = (cpu_seconds(api.pid) - before) / run["requests"] * 1e6
                 runs.setdefault(("gateway", c), []).append(run)
         results = {key: median_run(r) for key, r in runs.items()}
-        rss = rss_mb(api.pid)
+        # One worker serves in the launcher's own process; several are its children.
+        workers = family(api.pid)[1:] if args.workers > 1 else [api.pid]
+        rss = max(rss_mb(pid) for pid in workers)
         print(
             f"scenario: {args.scenario}; upstream {args.upstream}; ledger {args.ledger}; "
             f"median of {args.repeats} runs of "
-            f"{args.duration}s; one gateway worker; {os.cpu_count()} cores"
+            f"{args.duration}s; {args.workers} gateway worker(s); {os.cpu_count()} cores"
         )
         print(
             "| path | concurrency | requests/s | p50 ms | p99 ms | errors | worker CPU µs/request |"
@@ -332,7 +361,7 @@ def main() -> None:
         for c in args.concurrency:
             added = (results[("gateway", c)]["p50_us"] - results[("direct", c)]["p50_us"]) / 1000
             print(f"added p50 latency at concurrency {c}: {added:.3f} ms")
-        print(f"gateway worker RSS after the runs: {rss:.1f} MB")
+        print(f"gateway worker RSS after the runs (largest worker): {rss:.1f} MB")
     finally:
         stop_all(procs, redis, workdir)
 
