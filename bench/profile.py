@@ -20,7 +20,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -28,7 +27,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run import WRK_SCRIPT, ensure_tools, start_nginx, stop_all, wait_http, write_config  # noqa: E402
+from run import (  # noqa: E402
+    WRK_SCRIPT,
+    ensure_tools,
+    start_gateway,
+    start_nginx,
+    stop_all,
+    write_config,
+)
 
 from services.platform.redis_connection import free_port, start_redis_server  # noqa: E402
 
@@ -83,19 +89,9 @@ def main() -> None:
         procs.append(start_nginx(workdir, upstream_port, sse=args.upstream == "sse"))
         config = write_config(workdir, upstream_port, api_port,
                               f"http://127.0.0.1:{upstream_port}/v1", "healthy")  # fmt: skip
-        env = {**os.environ, "FR_REDIS_URL": redis.url, "FR_CONFIG": str(config),
-               "FR_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'ledger.db'}",
-               "FR_LEDGER_WAL_DIR": str(workdir / "wal")}  # fmt: skip
-        api = subprocess.Popen(
-            [sys.executable, str(ROOT / "main.py"), "api", "--workers", "1"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        api, base, session_id = start_gateway(workdir, redis.url, config, api_port, 1,
+                                              ledger=True)  # fmt: skip
         procs.append(api)
-        base = f"http://127.0.0.1:{api_port}"
-        wait_http(base + "/livez")
-        req = urllib.request.Request(base + "/initiate_call", data=b"{}", method="POST")
-        with urllib.request.urlopen(req) as resp:
-            session_id = json.load(resp)["session_id"]
         script = workdir / "post.lua"
         script.write_text(WRK_SCRIPT)
         body = json.dumps({"session_id": session_id, "message": "Hello!"})

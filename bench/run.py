@@ -253,6 +253,30 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def start_gateway(
+    workdir: Path, redis_url: str, config: Path, api_port: int, workers: int, *, ledger: bool
+) -> tuple[subprocess.Popen[bytes], str, str]:
+    """`main.py api` on `config` with its ledger in `workdir`, answering; with a pinned session.
+    Returns the process, its base URL and the session id."""
+    env = {
+        **os.environ,
+        "FR_REDIS_URL": redis_url,
+        "FR_CONFIG": str(config),
+        "FR_LEDGER_ENABLED": "true" if ledger else "false",
+        "FR_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'ledger.db'}",
+        "FR_LEDGER_WAL_DIR": str(workdir / "wal"),
+    }
+    api = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), "api", "--workers", str(workers)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{api_port}"
+    wait_http(base + "/livez")
+    req = urllib.request.Request(base + "/initiate_call", data=b"{}", method="POST")
+    with urllib.request.urlopen(req) as resp:
+        return api, base, json.load(resp)["session_id"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -300,24 +324,9 @@ def main() -> None:
         direct = f"http://127.0.0.1:{upstream_port}/v1"
         primary = direct if args.scenario == "healthy" else f"http://127.0.0.1:{free_port()}/v1"
         config = write_config(workdir, upstream_port, api_port, primary, args.scenario)
-        env = {
-            **os.environ,
-            "FR_REDIS_URL": redis.url,
-            "FR_CONFIG": str(config),
-            "FR_LEDGER_ENABLED": "true" if args.ledger == "on" else "false",
-            "FR_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'ledger.db'}",
-            "FR_LEDGER_WAL_DIR": str(workdir / "wal"),
-        }
-        api = subprocess.Popen(
-            [sys.executable, str(ROOT / "main.py"), "api", "--workers", str(args.workers)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        api, base, session_id = start_gateway(workdir, redis.url, config, api_port, args.workers,
+                                              ledger=args.ledger == "on")  # fmt: skip
         procs.append(api)
-        base = f"http://127.0.0.1:{api_port}"
-        wait_http(base + "/livez")
-        req = urllib.request.Request(base + "/initiate_call", data=b"{}", method="POST")
-        with urllib.request.urlopen(req) as resp:
-            session_id = json.load(resp)["session_id"]
         script = workdir / "post.lua"
         script.write_text(WRK_SCRIPT)
         direct_body = json.dumps(

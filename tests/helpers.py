@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -258,3 +259,15 @@ def readme_blocks() -> list[tuple[str, str]]:
         elif language is not None:
             lines.append(line)
     return blocks
+
+
+def interrupt(proc: subprocess.Popen[bytes], timeout: float = 30) -> int | None:
+    """Ctrl-C a launcher and wait for it; kill it if it does not stop. Its exit code, or None
+    when it had to be killed."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import venv
@@ -16,11 +15,17 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import yaml
 
-from services.config import DEFAULT_CONFIG_PATH
 from services.platform.redis_connection import free_port
-from tests.helpers import MAIN, ROOT, http, readme_blocks, wait_until
+from tests.helpers import (
+    MAIN,
+    ROOT,
+    default_config_on_free_ports,
+    http,
+    interrupt,
+    readme_blocks,
+    wait_until,
+)
 
 UV = ROOT / ".tools" / "bin" / "uv"
 
@@ -69,14 +74,8 @@ def test_pip_install_gives_the_command_with_main_pys_subcommands(
 def test_the_installed_command_serves_from_any_directory(installed: Path, tmp_path: Path) -> None:
     """`fallback-routing all` in an empty directory, from the installed package alone: the
     embedded config, Redis, the simulated models, the ledger's migrations, the console."""
-    config = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
-    port = free_port()
-    config["api"]["port"] = port
-    for model in config["models"].values():
-        for deployment in model["deployments"]:
-            deployment["base_url"] = f"http://127.0.0.1:{free_port()}/v1"
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "FR_CONFIG": str(tmp_path / "config.yaml"),
+    config, port = default_config_on_free_ports(tmp_path)
+    env = {**os.environ, "FR_CONFIG": str(config),
            "FR_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # fmt: skip
     env.pop("PYTHONPATH", None)
     proc = subprocess.Popen([installed / "fallback-routing", "all"], cwd=tmp_path, env=env,
@@ -91,15 +90,10 @@ def test_the_installed_command_serves_from_any_directory(installed: Path, tmp_pa
         status, _, page = http("GET", base + "/ui")
         assert status == 200 and b"Fallback Routing" in page
         assert json.loads(http("GET", base + "/health")[2])["db_ok"] is True
-        assert (tmp_path / ".logs" / "api_server.log").exists()
+        assert (tmp_path / "logs" / "api_server.log").exists()
         assert (tmp_path / ".data").is_dir(), "the ledger lives where the command was run"
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            assert proc.wait(30) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        assert interrupt(proc) == 0
 
 
 @pytest.mark.slow

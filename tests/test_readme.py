@@ -13,17 +13,22 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from services.config import DEFAULT_CONFIG_PATH
 from services.platform.redis_connection import free_port
-from tests.helpers import ROOT, http, readme_blocks, wait_until
+from tests.helpers import (
+    ROOT,
+    default_config_on_free_ports,
+    http,
+    interrupt,
+    isolated_ledger_env,
+    readme_blocks,
+    wait_until,
+)
 
 
 def blocks_with(needle: str) -> list[tuple[str, str]]:
@@ -42,17 +47,8 @@ def test_every_runnable_block_is_covered() -> None:
 
 @pytest.mark.slow
 def test_the_readme_runs_as_written(tmp_path: Path) -> None:
-    config = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
-    port = free_port()
-    config["api"]["port"] = port
-    config["log"]["dir"] = str(tmp_path / "logs")
-    config["database"]["url"] = f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
-    config["ledger"]["wal_dir"] = str(tmp_path / "wal")
-    for model in config["models"].values():
-        for deployment in model["deployments"]:
-            deployment["base_url"] = f"http://127.0.0.1:{free_port()}/v1"
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "FR_CONFIG": str(tmp_path / "config.yaml"),
+    config, port = default_config_on_free_ports(tmp_path)
+    env = {**os.environ, "FR_CONFIG": str(config), **isolated_ledger_env(tmp_path),
            "FR_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # fmt: skip
 
     ((_, setup),) = blocks_with("scripts/run ")
@@ -80,9 +76,4 @@ def test_the_readme_runs_as_written(tmp_path: Path) -> None:
                              capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
         assert out.stdout.startswith("[small-model]"), out.stdout
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            assert proc.wait(30) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        assert interrupt(proc) == 0

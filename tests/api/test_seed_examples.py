@@ -14,14 +14,13 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
 import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.helpers import start_main_all
+from tests.helpers import interrupt, start_main_all
 
 # (seed, the seed's command, the fields its answer must carry; dotted paths, `*` = every entry)
 SEED_EXAMPLES: list[tuple[str, str, list[str]]] = [
@@ -216,12 +215,7 @@ def gateway_all(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`main.py all`, untouched defaults, for the whole module."""
     proc, base = start_main_all(tmp_path_factory.mktemp("seeds"), os.environ.get("PATH", ""))
     yield base
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    interrupt(proc)
 
 
 def lookup(data: Any, path: list[str]) -> list[Any]:
