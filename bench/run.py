@@ -98,11 +98,25 @@ def ensure_tools() -> None:
     subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light", "wrk"], check=True)
 
 
-def start_nginx(workdir: Path, port: int, sse: bool = False) -> subprocess.Popen[bytes]:
-    """nginx answering every POST with the canned completion, as JSON or (`sse`) as a stream."""
+def start_nginx(
+    workdir: Path, port: int, sse: bool = False, stream: str | None = None
+) -> subprocess.Popen[bytes]:
+    """nginx answering every POST with the canned completion, as JSON or (`sse`) as a stream
+    (`stream`: another SSE body, served from a file: nginx limits a `return` text's length,
+    and answers a POST to a file once its 405 is mapped back to 200)."""
     conf = workdir / "nginx.conf"
-    body = (STREAM if sse else COMPLETION).replace("'", "\\'")
+    sse = sse or stream is not None
     content_type = "text/event-stream" if sse else "application/json"
+    if stream is None:
+        body = (STREAM if sse else COMPLETION).replace("'", "\\'")
+        location = f"default_type {content_type}; return 200 '{body}';"
+    else:
+        (workdir / "static").mkdir(exist_ok=True)
+        (workdir / "static" / "stream.sse").write_text(stream)
+        for path in (workdir, workdir / "static", workdir / "static" / "stream.sse"):
+            path.chmod(0o755)  # nginx's workers run as nobody; mkdtemp makes 0700
+        location = (f"default_type {content_type}; root {workdir}/static; "
+                    "try_files /stream.sse =404; error_page 405 =200 $uri;")  # fmt: skip
     conf.write_text(
         f"""
 worker_processes 1;
@@ -120,7 +134,7 @@ http {{
   keepalive_requests 1000000;
   server {{
     listen 127.0.0.1:{port};
-    location / {{ default_type {content_type}; return 200 '{body}'; }}
+    location / {{ {location} }}
   }}
 }}
 """
