@@ -11,6 +11,8 @@ RUN uv sync --frozen --no-dev --no-install-project
 COPY main.py ./
 COPY services ./services
 COPY config ./config
+# our own modules too (the dependencies are compiled by UV_COMPILE_BYTECODE): no compile per start
+RUN python -m compileall -q services
 RUN mkdir -p /app/.logs /app/.data && chown -R gateway /app/.logs /app/.data
 USER gateway
 ENV PATH=/app/.venv/bin:$PATH FR_API_HOST=0.0.0.0
