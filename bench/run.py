@@ -26,6 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from peers import start_litellm  # noqa: E402
 
 from services.platform.redis_connection import (  # noqa: E402
     EmbeddedRedis,
@@ -322,6 +325,14 @@ def main() -> None:
         "--workers", type=int, default=1, help="uvicorn worker processes of the gateway"
     )
     parser.add_argument(
+        "--peer",
+        choices=["litellm"],
+        action="append",
+        default=[],
+        help="also measure this gateway in the same run, against its own nginx answering JSON "
+        "(installed on first use into bench/.peers/, see bench/peers.py)",
+    )
+    parser.add_argument(
         "--ledger",
         choices=["on", "off"],
         default="on",
@@ -347,21 +358,31 @@ def main() -> None:
             {"model": "bench-upstream", "messages": [{"role": "user", "content": "Hello!"}]}
         )
         gw_body = json.dumps({"session_id": session_id, "message": "Hello!"})
-        # Warm both paths (connection pools, caches) before measuring.
-        wrk(direct + "/chat/completions", direct_body, 10, 2, script)
-        wrk(base + "/chat_completions", gw_body, 10, 2, script)
+        # (name, URL, body, pid whose process family's CPU is counted); direct: nginx itself
+        targets = [("direct", direct + "/chat/completions", direct_body, None),
+                   ("gateway", base + "/chat_completions", gw_body, api.pid)]  # fmt: skip
+        if "litellm" in args.peer:
+            json_port, peer_port = free_port(), free_port()
+            (workdir / "json-upstream").mkdir()
+            procs.append(start_nginx(workdir / "json-upstream", json_port))
+            peer = start_litellm(workdir, peer_port, f"http://127.0.0.1:{json_port}/v1")
+            procs.append(peer)
+            wait_http(f"http://127.0.0.1:{peer_port}/health/liveliness", timeout=120)
+            targets.append(("litellm", f"http://127.0.0.1:{peer_port}/chat/completions",
+                            direct_body, peer.pid))  # fmt: skip
+        for _, url, body, _ in targets:  # warm every path (connection pools, caches)
+            wrk(url, body, 10, 2, script)
         runs: dict[tuple[str, int], list[dict[str, float]]] = {}
         for c in args.concurrency:
-            for _ in range(args.repeats):  # interleaved, so drift hits both paths alike
-                runs.setdefault(("direct", c), []).append(
-                    wrk(direct + "/chat/completions", direct_body, c, args.duration, script)
-                )
-                before = cpu_seconds(api.pid)
-                run = wrk(base + "/chat_completions", gw_body, c, args.duration, script)
-                # CPU per request is far steadier than requests/s on a shared VM: it does not
-                # move when a neighbour steals cycles, so it is what code changes are judged by.
-                run["cpu_us"] = (cpu_seconds(api.pid) - before) / run["requests"] * 1e6
-                runs.setdefault(("gateway", c), []).append(run)
+            for _ in range(args.repeats):  # interleaved, so drift hits every path alike
+                for name, url, body, pid in targets:
+                    before = cpu_seconds(pid) if pid else 0.0
+                    run = wrk(url, body, c, args.duration, script)
+                    # CPU per request is far steadier than requests/s on a shared VM: it does
+                    # not move when a neighbour steals cycles, so code changes are judged by it.
+                    if pid:
+                        run["cpu_us"] = (cpu_seconds(pid) - before) / run["requests"] * 1e6
+                    runs.setdefault((name, c), []).append(run)
         results = {key: median_run(r) for key, r in runs.items()}
         # One worker serves in the launcher's own process; several are its children.
         workers = family(api.pid)[1:] if args.workers > 1 else [api.pid]
@@ -381,9 +402,14 @@ def main() -> None:
             print(
                 f"| {path} | {c} | {r['rps']:.0f} | {p50:.3f} | {p99:.3f} | {errors:.0f} | {cpu} |"
             )
-        for c in args.concurrency:
-            added = (results[("gateway", c)]["p50_us"] - results[("direct", c)]["p50_us"]) / 1000
-            print(f"added p50 latency at concurrency {c}: {added:.3f} ms")
+        for name in [t[0] for t in targets[1:]]:
+            for c in args.concurrency:
+                added = (results[(name, c)]["p50_us"] - results[("direct", c)]["p50_us"]) / 1000
+                print(f"{name}: added p50 latency at concurrency {c}: {added:.3f} ms")
+        if "litellm" in args.peer:
+            for c in args.concurrency:
+                ratio = results[("gateway", c)]["rps"] / results[("litellm", c)]["rps"]
+                print(f"gateway / litellm requests/s at concurrency {c}: {ratio:.1f} x")
         print(f"gateway worker RSS after the runs (largest worker): {rss:.1f} MB")
     finally:
         stop_all(procs, redis, workdir)

@@ -1,0 +1,101 @@
+"""Soak: one gateway worker under wrk at concurrency 50 for ten minutes, its RSS sampled every
+10 s, to show whether memory levels off after warm-up or keeps growing.
+
+    .venv/bin/python bench/soak.py [--minutes 10] [--concurrency 50] [--interval 10]
+
+The same set-up as bench/run.py (nginx canned SSE upstream, private redis-server, `main.py api`
+with the ledger on SQLite, inline writer). The ledger's schema is migrated before the gateway
+starts, as on every start of a deployment but its first: an API process that finds the schema
+current does not import alembic. Prints the RSS curve, then the growth from the end of the
+warm-up (the first fifth of the run) to the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from run import (  # noqa: E402
+    WRK_SCRIPT,
+    ensure_tools,
+    rss_mb,
+    start_gateway,
+    start_nginx,
+    stop_all,
+    write_config,
+)
+
+from services.ledger.db import make_engine, migrate  # noqa: E402
+from services.platform.redis_connection import free_port, start_redis_server  # noqa: E402
+
+
+async def migrate_ledger(url: str, lock_dir: Path) -> None:
+    engine = make_engine(url)
+    await migrate(engine, lock_dir)
+    await engine.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--interval", type=float, default=10, help="seconds between RSS samples")
+    args = parser.parse_args()
+    ensure_tools()
+    workdir = Path(tempfile.mkdtemp(prefix="fr-soak-"))
+    redis = start_redis_server()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        upstream_port, api_port = free_port(), free_port()
+        procs.append(start_nginx(workdir, upstream_port, sse=True))
+        config = write_config(workdir, upstream_port, api_port,
+                              f"http://127.0.0.1:{upstream_port}/v1", "healthy")  # fmt: skip
+        asyncio.run(migrate_ledger(f"sqlite+aiosqlite:///{workdir / 'ledger.db'}", workdir / "wal"))
+        api, base, session_id = start_gateway(workdir, redis.url, config, api_port, 1, ledger=True)
+        procs.append(api)
+        script = workdir / "post.lua"
+        script.write_text(WRK_SCRIPT)
+        seconds = int(args.minutes * 60)
+        body = json.dumps({"session_id": session_id, "message": "Hello!"})
+        load = subprocess.Popen(
+            ["wrk", "-t2", f"-c{args.concurrency}", f"-d{seconds}s", "--timeout", "5s",
+             "-s", str(script), base + "/chat_completions"],
+            env={"BENCH_BODY": body, "PATH": "/usr/bin:/bin"},
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        start = time.monotonic()
+        samples: list[tuple[float, float]] = [(0.0, rss_mb(api.pid))]
+        while load.poll() is None:
+            time.sleep(args.interval)  # a benchmark's sampling period, not a test waiting
+            samples.append((time.monotonic() - start, rss_mb(api.pid)))
+        out = load.communicate()[0]
+        stats = json.loads(next(r for r in out.splitlines() if r.startswith("BENCH "))[6:])
+        errors = stats["errors"] + stats["non2xx"]
+        print(f"one worker, concurrency {args.concurrency}, {seconds} s: "
+              f"{stats['requests']:.0f} requests, {errors:.0f} errors")  # fmt: skip
+        print("| seconds | RSS MB |")
+        print("|---|---|")
+        for at, rss in samples:
+            print(f"| {at:.0f} | {rss:.1f} |")
+        warm = next(rss for at, rss in samples if at >= seconds / 5)
+        print(f"RSS after warm-up (t ≥ {seconds / 5:.0f} s): {warm:.1f} MB; at the end: "
+              f"{samples[-1][1]:.1f} MB; growth {samples[-1][1] - warm:+.1f} MB; "
+              f"max {max(r for _, r in samples):.1f} MB")  # fmt: skip
+    finally:
+        stop_all(procs, redis, workdir)
+
+
+if __name__ == "__main__":
+    main()
