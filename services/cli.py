@@ -40,11 +40,18 @@ ConfigOption = Annotated[
 def _load(config: Path | None) -> tuple[Settings, dict[str, str], Path]:
     environ = dict(os.environ)
     path = (config or Path(environ.get("FR_CONFIG") or DEFAULT_CONFIG_PATH)).resolve()
+    from services.platform.redis_topology import RedisURLError, parse_redis_url
+
     try:
-        return load_settings(path, environ), environ, path
+        settings = load_settings(path, environ)
+        parse_redis_url(settings.redis.url)  # a malformed Sentinel or Cluster URL: say so now
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
+    except RedisURLError as exc:
+        typer.echo(f"invalid configuration: redis.url: {exc}", err=True)
+        raise typer.Exit(2) from None
+    return settings, environ, path
 
 
 def _exit_zero(signum: int, _frame: object) -> None:
@@ -90,6 +97,7 @@ def run_all(config: ConfigOption = None) -> None:
         start_fakeredis_server,
         wait_until_answers,
     )
+    from services.platform.redis_topology import parse_redis_url
     from services.platform.supervisor import ChildSpec, Supervisor, with_package_path
 
     settings, environ, path = _load(config)
@@ -102,8 +110,13 @@ def run_all(config: ConfigOption = None) -> None:
     fake = None
     if ping(redis_url):
         logger.info("using Redis at {}", redact_url(redis_url))
-    elif not settings.redis.embedded:
-        logger.error("Redis at {} does not answer and redis.embedded is off", redact_url(redis_url))
+    elif not settings.redis.embedded or parse_redis_url(redis_url).mode != "standalone":
+        # A private server in place of a Sentinel set or a Cluster would silently split state.
+        logger.error(
+            "Redis at {} does not answer (a private Redis is only started in place of a plain "
+            "redis:// URL with redis.embedded on)",
+            redact_url(redis_url),
+        )
         raise typer.Exit(1)
     elif redis_server_available():
         port = free_port()

@@ -98,6 +98,7 @@ class Gateway:
             self.cache.run(),
             self.health.run(),
             self._housekeeping(interval),
+            self._adopt_legacy_keys(),
         ]
         if self.ledger_runtime is not None:
             loops.append(self.ledger_runtime.ledger.run())
@@ -111,6 +112,10 @@ class Gateway:
                                               alerting.cost_check_interval_seconds))  # fmt: skip
         for loop in loops:
             self.tasks.append(asyncio.create_task(loop, name=getattr(loop, "__qualname__", "loop")))
+
+    async def _adopt_legacy_keys(self) -> None:
+        """Once at start: budget keys from before the cluster-safe layout get its names."""
+        await self.budgets.adopt_legacy_keys()
 
     async def _housekeeping(self, interval: float) -> None:
         """Operator switches, gauges and health snapshots, on the sync interval."""

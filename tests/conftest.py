@@ -6,7 +6,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import asyncpg
@@ -14,8 +14,14 @@ import pytest
 import redis
 
 from services.app import create_app
-from services.platform.redis_connection import EmbeddedRedis, start_private_redis
+from services.platform.redis_connection import (
+    EmbeddedRedis,
+    redis_server_available,
+    start_private_redis,
+)
+from services.platform.redis_topology import sync_redis
 from tests.helpers import GatewayServer, SimProcess, openai_model, settings_for
+from tests.redis_topology import ClusterSet, SentinelSet, start_cluster, start_sentinel_set
 
 
 @pytest.fixture(scope="session")
@@ -26,18 +32,52 @@ def redis_server() -> Iterator[EmbeddedRedis]:
     server.stop()
 
 
-@pytest.fixture
-def redis_url(redis_server: EmbeddedRedis) -> Iterator[str]:
-    """The private Redis, emptied before each test."""
-    client = redis.Redis.from_url(redis_server.url)
+def emptied(url: str) -> str:
+    """`url` after FLUSHALL (on a cluster, of every primary)."""
+    client = sync_redis(url, timeout=5)
     client.flushall()
     client.close()
-    return redis_server.url
+    return url
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    """The private Redis, emptied before each test."""
+    return emptied(redis_server.url)
+
+
+@pytest.fixture(scope="session")
+def sentinel_set() -> Iterator[SentinelSet]:
+    """1 primary, 1 replica, 3 sentinels (started once, by the first test that asks)."""
+    topology = start_sentinel_set()
+    yield topology
+    topology.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_set() -> Iterator[ClusterSet]:
+    """A three-primary Redis Cluster (started once, by the first test that asks)."""
+    topology = start_cluster()
+    yield topology
+    topology.stop()
+
+
+@pytest.fixture(params=["standalone", "sentinel", "cluster"])
+def topology_redis_url(request: pytest.FixtureRequest, redis_server: EmbeddedRedis) -> str:
+    """An emptied Redis of each topology in turn: the shared-state tests' modules use it as
+    their `redis_url`, so their promises are checked on standalone, Sentinel and Cluster."""
+    if request.param == "standalone":
+        return emptied(redis_server.url)
+    if not redis_server_available():
+        pytest.skip("Sentinel and Cluster need the redis-server binary")
+    fixture = "sentinel_set" if request.param == "sentinel" else "cluster_set"
+    topology: SentinelSet | ClusterSet = request.getfixturevalue(fixture)
+    return emptied(topology.url)
 
 
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = sync_redis(redis_url, timeout=5, decode_responses=True)
     yield client
     client.close()
 
@@ -111,18 +151,34 @@ def _postgres(statement: str) -> None:
     asyncio.run(run())
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty ledger database: a SQLite file, or a new PostgreSQL database (dropped
-    after the test; skipped with the reason when no PostgreSQL answers at FR_TEST_POSTGRES)."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
-        return
+@contextmanager
+def fresh_postgres() -> Iterator[str]:
+    """A new, empty PostgreSQL database's URL, dropped afterwards (the test is skipped, with the
+    reason, when no PostgreSQL answers at FR_TEST_POSTGRES)."""
     name = f"fr_test_{uuid.uuid4().hex[:12]}"
     try:
         _postgres(f"CREATE DATABASE {name}")
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         pytest.skip(f"no PostgreSQL reachable at {POSTGRES_ADMIN}: {exc}")
     base = POSTGRES_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    yield f"{base}/{name}"
-    _postgres(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        _postgres(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty ledger database: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+        return
+    with fresh_postgres() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL ledger database."""
+    with fresh_postgres() as url:
+        yield url

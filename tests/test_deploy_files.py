@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from services.config import ROOT, load_settings
+from services.platform.redis_topology import parse_redis_url
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
@@ -170,3 +171,69 @@ def test_grafana_dashboard_uses_only_metrics_the_gateway_exports(gateway: Any) -
     assert len(metric_like) >= 12
     missing = metric_like - series
     assert not missing, missing
+
+
+SCALEOUT = ROOT / "deploy" / "scaleout"
+
+
+def scaleout_compose() -> dict[str, Any]:
+    return dict(yaml.safe_load((SCALEOUT / "docker-compose.yml").read_text()))
+
+
+def test_scaleout_compose_has_three_replicas_behind_one_address_on_sentinel() -> None:
+    """Three API replicas, each named in nginx's upstream; the gateway's Redis URL names the
+    three sentinels and the service they monitor; one ledger writer, two planners."""
+    services = scaleout_compose()["services"]
+    apis = sorted(name for name, s in services.items() if s.get("command", [])[-3:-2] == ["api"])
+    assert apis == ["api-1", "api-2", "api-3"]
+    nginx = (SCALEOUT / "nginx.conf").read_text()
+    assert sorted(re.findall(r"server (api-\d):8000", nginx)) == apis
+    url = services["api-1"]["environment"]["FR_REDIS_URL"]
+    target = parse_redis_url(url)
+    sentinels = sorted(n for n in services if n.startswith("sentinel-"))
+    assert target.mode == "sentinel" and sorted(h for h, _ in target.nodes) == sentinels
+    monitor = " ".join(services["sentinel-1"]["command"])
+    assert f"sentinel monitor {target.service} redis-primary 6379 2" in monitor
+    assert "--replicaof" in services["redis-replica"]["command"]
+    assert [n for n, s in services.items() if s.get("command", [])[-1:] == ["ledger"]] == [
+        "ledger-writer"
+    ]
+    assert services["api-1"]["environment"]["FR_LEDGER_WRITER"] == "external"
+    planners = [n for n, s in services.items() if s.get("command", [])[-1:] == ["capacity"]]
+    assert len(planners) == 2
+
+
+def test_scaleout_nginx_config_is_valid(tmp_path: Path) -> None:
+    """nginx accepts the load balancer's config (the replicas' names made local for the test)."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        pytest.skip("no nginx binary")
+    conf = (SCALEOUT / "nginx.conf").read_text().replace("api-1", "127.0.0.1")
+    conf = conf.replace("api-2", "127.0.0.2").replace("api-3", "127.0.0.3")
+    conf = f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\n" + conf
+    (tmp_path / "nginx.conf").write_text(conf)
+    result = subprocess.run([nginx, "-t", "-c", str(tmp_path / "nginx.conf"), "-e",
+                             str(tmp_path / "error.log")], capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(compose_argv() is None, reason="no docker-compose and no compose plugin")
+def test_docker_compose_accepts_the_scaleout_file() -> None:
+    env = {**os.environ, "FR_API_KEYS": "k1", "FR_ADMIN_KEY": "admin", "POSTGRES_PASSWORD": "pw"}
+    result = subprocess.run([*(compose_argv() or []), "-f", str(SCALEOUT / "docker-compose.yml"),
+                             "config", "-q"], capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def test_kubernetes_sentinel_set_matches_the_url_in_its_header() -> None:
+    """Three sentinels monitoring `fr` on redis-node-0; the URL the header gives names them."""
+    text = (K8S / "redis-sentinel.yaml").read_text()
+    url = re.search(r"FR_REDIS_URL=(\S+),\n# (\S+),(\S+)\n", text)
+    assert url is not None
+    target = parse_redis_url(f"{url.group(1)},{url.group(2)},{url.group(3)}")
+    sentinel = k8s("StatefulSet", "redis-sentinel")
+    assert sentinel["spec"]["replicas"] == 3 == len(target.nodes)
+    assert all(h == f"redis-sentinel-{n}.redis-sentinel" for n, (h, _) in enumerate(target.nodes))
+    assert f"sentinel monitor {target.service} redis-node-0.redis-node 6379 2" in text
+    assert k8s("StatefulSet", "redis-node")["spec"]["replicas"] == 2
+    assert k8s("Deployment", "fallback-routing-api")["spec"]["replicas"] == 3

@@ -11,6 +11,11 @@ only overspend by what its real cost exceeds its reservation (an upstream that i
 `max_tokens`). Over the limit: 429 `budget_exceeded`, `Retry-After` the seconds to the period's
 reset (UTC day or month).
 
+Keys: `<prefix>{budget}:<key id>:<period>` (a hash: spent, reserved) and `<prefix>{budget}:limits`
+(the admin's limits); the `{budget}` hash tag keeps them in one Redis Cluster slot, as the scripts
+read both. Deployments from before that tag had `<prefix>budget:...` and `<prefix>budget-limits`;
+`adopt_legacy_keys` renames them once at start, so an upgrade keeps the period's spend and limits.
+
 With Redis unreachable, budgets fail open like the other shared state (logged once): the gateway
 keeps answering, and what is spent meanwhile is recorded in the ledger but not counted here.
 """
@@ -26,6 +31,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from loguru import logger
+from redis.exceptions import ResponseError
 
 from services.alerts.events import Alert
 from services.alerts.sender import AlertSender
@@ -89,8 +95,10 @@ class Budgets:
         self._alert_ratio = settings.alerts.budget_percent / 100
         self._redis = redis
         self._gate = gate
-        self._prefix = f"{prefix}budget:"
-        self._limits_key = f"{prefix}budget-limits"
+        self._legacy_prefix = f"{prefix}budget:"
+        self._legacy_limits_key = f"{prefix}budget-limits"
+        self._prefix = f"{prefix}{{budget}}:"
+        self._limits_key = f"{prefix}{{budget}}:limits"
         self._clock = clock
         self._reserve = LuaScript(redis, RESERVE_LUA)
         self._settle = LuaScript(redis, SETTLE_LUA)
@@ -182,6 +190,35 @@ class Budgets:
                  "budget_usd": usd(int(limit))},
                 dedupe=f"budget:{key_id}:{period}", dedupe_seconds=40 * 86_400,
             ))  # fmt: skip
+
+    async def adopt_legacy_keys(self) -> int:
+        """Rename the keys of a deployment from before the `{budget}` tag (a standalone or
+        Sentinel Redis: a Cluster was never supported with them); answer how many. Several
+        processes may do this at once: a key another one renamed first is skipped. A marker
+        key ends the search for good (it scans the whole keyspace)."""
+        adopted = 0
+        marker = self._prefix + "adopted"
+        try:
+            if await self._redis.exists(marker):
+                return 0
+            limits: dict[Any, Any] = await self._redis.hgetall(self._legacy_limits_key)
+            for key_id, value in limits.items():
+                adopted += await self._redis.hsetnx(self._limits_key, key_id, value)
+            if limits:
+                await self._redis.delete(self._legacy_limits_key)
+            async for name in self._redis.scan_iter(match=f"{self._legacy_prefix}*", count=500):
+                new = self._prefix + str(name).removeprefix(self._legacy_prefix)
+                try:
+                    adopted += bool(await self._redis.renamenx(name, new))
+                except ResponseError:  # renamed by another process meanwhile
+                    continue
+            await self._redis.set(marker, "1")
+        except REDIS_ERRORS as exc:
+            logger.warning("could not adopt the old budget keys ({}); retried at the next start",
+                           type(exc).__name__)  # fmt: skip
+        if adopted:
+            logger.info("renamed {} budget keys to the cluster-safe {{budget}} layout", adopted)
+        return adopted
 
     async def set_limit(self, key_id: str, budget_usd: float | None) -> None:
         """The admin's limit for `key_id`, for every process (None: back to the configuration)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Protocol
 
+import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
@@ -19,7 +20,8 @@ from services.config import Settings
 from services.ledger import db as ledger_db
 from services.ledger.runtime import LedgerRuntime
 from services.platform.metrics import Metrics
-from services.platform.redis_gate import RedisGate
+from services.platform.redis_gate import REDIS_ERRORS, RedisGate
+from services.platform.redis_topology import describe_primary, parse_redis_url
 from services.resilience.breaker_store import BreakerStore
 from services.resilience.fallback_stats import FallbackStatistics
 
@@ -31,6 +33,8 @@ class OpsParts(Protocol):
     def settings(self) -> Settings: ...
     @property
     def gate(self) -> RedisGate: ...
+    @property
+    def redis(self) -> aioredis.Redis: ...
     @property
     def draining(self) -> bool: ...
     @property
@@ -52,6 +56,18 @@ routes = APIRouter()
 async def redis_answers(gate: RedisGate) -> bool:
     """Whether Redis is in use and answers PING now (a failure switches to fail-open)."""
     return gate.available and await gate.check()
+
+
+async def redis_view(parts: OpsParts, redis_ok: bool) -> dict[str, Any]:
+    """Which Redis this process uses: the mode its URL names and the primary it talks to now
+    (after a Sentinel failover, the promoted replica), so replicas can be compared."""
+    primary = None
+    if redis_ok:
+        try:
+            primary = await describe_primary(parts.redis)
+        except REDIS_ERRORS:
+            primary = None
+    return {"mode": parse_redis_url(parts.settings.redis.url).mode, "primary": primary}
 
 
 @routes.get("/v1/models")
@@ -113,6 +129,7 @@ async def health(parts: Parts) -> Response:
             "status": "ok" if redis_ok and problem is None else "degraded",
             "providers": {name: board.state(name).state for name in board.names},
             "redis_ok": redis_ok,
+            "redis": await redis_view(parts, redis_ok),
             "db_ok": db_ok,
             "buffer_len": ledger.buffer_len if ledger is not None else 0,
             "last_flush_ms": ledger.last_flush_ms if ledger is not None else None,

@@ -57,12 +57,17 @@ class RateLimiter:
         window = int(now // WINDOW_SECONDS)
         return window, (window + 1) * WINDOW_SECONDS - now
 
+    def _base(self, key_id: str, window: int) -> str:
+        """`<prefix>rl:{<key id>:<window>}`: the `:r` and `:t` counters the script reads
+        together share the hash tag, so one Redis Cluster slot."""
+        return f"{self._prefix}{{{key_id}:{window}}}"
+
     async def admit(self, key_id: str) -> int | None:
         """None to serve the request, else the Retry-After seconds of a 429."""
         if not self.enabled or not self._gate.available:
             return None
         window, left = self._window()
-        base = f"{self._prefix}{key_id}:{window}"
+        base = self._base(key_id, window)
         try:
             requests, tokens = await self._admit(
                 keys=[f"{base}:r", f"{base}:t"], args=[WINDOW_SECONDS * 2]
@@ -92,7 +97,7 @@ class RateLimiter:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for (key_id, window), tokens in spent.items():
-                    key = f"{self._prefix}{key_id}:{window}:t"
+                    key = f"{self._base(key_id, window)}:t"
                     pipe.incrby(key, tokens)
                     pipe.expire(key, WINDOW_SECONDS * 2)
                 await pipe.execute()

@@ -50,8 +50,10 @@ return 0
 
 
 def keys(prefix: str) -> dict[str, str]:
+    """`<prefix>{capacity}:<name>`: the hash tag keeps them in one Redis Cluster slot, since
+    `publish` writes several in one MULTI."""
     return {
-        name: f"{prefix}capacity:{name}"
+        name: f"{prefix}{{capacity}}:{name}"
         for name in ("state", "heartbeat", "lock", "load", "inflight", "events")
     }
 

@@ -4,10 +4,11 @@ validation; plus the redacted view `check-config` prints."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -202,14 +203,20 @@ def load_settings(
 
 
 def redact_url(url: str) -> str:
-    """Hide the password of a URL (redis://user:secret@host → redis://user:***@host)."""
+    """Hide the password of a URL (redis://user:secret@host → redis://user:***@host), also of
+    one naming several hosts (redis+sentinel://:secret@h1:26379,h2:26379/name) and of query
+    parameters whose name says password or secret."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        parts = parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{hosts}")
+    if parts.query:
+        query = [
+            (name, "***" if re.search(r"password|secret", name, re.IGNORECASE) else value)
+            for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    return urlunsplit(parts)
 
 
 def effective_config(settings: Settings, environ: Mapping[str, str]) -> dict[str, Any]:

@@ -19,23 +19,23 @@ import redis
 import redis.asyncio as aioredis
 
 from services.config import redact_url
+from services.platform.redis_topology import async_redis, sync_redis
 
 
 def async_client(url: str, *, timeout: float = 1.0) -> aioredis.Redis:
-    """An asyncio Redis client with short timeouts so a dead Redis fails fast, not slowly."""
-    return aioredis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        health_check_interval=0,
-        max_connections=512,
+    """An asyncio Redis client (standalone, Sentinel or Cluster, as `url` says) with short
+    timeouts so a dead Redis fails fast, not slowly."""
+    return async_redis(
+        url, timeout=timeout, decode_responses=True, health_check_interval=0, max_connections=512
     )
 
 
 def ping(url: str, *, timeout: float = 0.5) -> bool:
-    """Whether a Redis server answers PING at `url`."""
-    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    """Whether Redis answers PING at `url` (through the sentinels or the cluster, if named)."""
+    try:
+        client = sync_redis(url, timeout=timeout)
+    except (redis.RedisError, OSError):  # a cluster client connects (and fails) when built
+        return False
     try:
         return bool(client.ping())
     except (redis.RedisError, OSError):

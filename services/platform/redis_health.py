@@ -8,10 +8,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import redis
 
 from services.config import redact_url
+from services.platform.redis_topology import sync_redis
 
 
 @dataclass(frozen=True)
@@ -36,23 +38,34 @@ def check_redis(
     url: str, *, timeout: float = 1.0, clock: Callable[[], float] = time.perf_counter
 ) -> RedisCheck:
     """PING (timed) and INFO server once; never raises."""
-    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        client = sync_redis(url, timeout=timeout)
+    except (redis.RedisError, OSError) as exc:  # a cluster client connects when built
+        return RedisCheck(False, url, error=f"{type(exc).__name__}: {exc}")
     try:
         client.ping()  # connect first, so the timed PING measures a round trip, not a handshake
         started = clock()
         client.ping()
         rtt_ms = (clock() - started) * 1000
-        version = str(client.info("server").get("redis_version", "unknown"))
-        return RedisCheck(True, url, version, rtt_ms)
+        return RedisCheck(True, url, server_version(client.info("server")), rtt_ms)
     except (redis.RedisError, OSError) as exc:
         return RedisCheck(False, url, error=f"{type(exc).__name__}: {exc}")
     finally:
         client.close()
 
 
+def server_version(info: dict[str, Any]) -> str:
+    """`redis_version` of INFO server; a cluster client answers one INFO per node, keyed by
+    node, and the first node's version stands for them."""
+    if "redis_version" not in info and info:
+        first = next(iter(info.values()))
+        info = first if isinstance(first, dict) else {}
+    return str(info.get("redis_version", "unknown"))
+
+
 def record(url: str, check: RedisCheck, *, prefix: str, ttl_seconds: int) -> None:
     """Store the latest result in Redis (only possible when it is reachable)."""
-    client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    client = sync_redis(url, timeout=1.0)
     key = f"{prefix}redis_health"
     try:
         client.hset(

@@ -31,6 +31,7 @@ from loguru import logger
 from services.config import BreakerSettings
 from services.platform.lua import LuaScript
 from services.platform.redis_gate import REDIS_ERRORS, RedisGate
+from services.platform.redis_topology import is_cluster
 from services.resilience import breaker
 from services.resilience.breaker import CLOSED, OPEN, Admission, BreakerState, Outcome
 
@@ -311,10 +312,17 @@ class BreakerStore:
         sent = dict(self._pending)
         names = self.names
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for name in names:
-                    await self._call(name, "record", now, None, False, sent[name], client=pipe)
-                replies = await pipe.execute()
+            if is_cluster(self._redis):
+                # A cluster pipeline refuses EVALSHA; each call goes to its key's node, at once.
+                replies = await asyncio.gather(*(
+                    self._call(name, "record", now, None, False, sent[name]) for name in names
+                ))  # fmt: skip
+            else:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for name in names:
+                        await self._call(name, "record", now, None, False, sent[name],
+                                         client=pipe)  # fmt: skip
+                    replies = await pipe.execute()
         except REDIS_ERRORS as exc:
             self._gate.mark_down(exc)
             return False

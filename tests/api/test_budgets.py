@@ -8,9 +8,23 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from services.api.auth import digest, key_id
+from services.api.budgets import Budgets
 from services.app import create_app
+from services.platform.redis_connection import EmbeddedRedis
+from services.platform.redis_gate import RedisGate
+from services.platform.redis_topology import async_redis
+from tests.conftest import emptied
 from tests.helpers import GatewayServer, SimProcess, http, openai_model, settings_for, wait_until
+
+
+@pytest.fixture
+def redis_url(topology_redis_url: str) -> str:
+    """Shared state: every test here runs on standalone, Sentinel and Cluster Redis."""
+    return topology_redis_url
+
 
 CLIENT_KEY = "fr-client-budget-0a1b2c3d"
 ADMIN_KEY = "fr-admin-budget-4e5f6a7b"
@@ -84,3 +98,24 @@ def test_the_admin_sets_a_limit_for_every_process(
         assert http("POST", url, TURN, auth(CLIENT_KEY))[0] == 200
         bad = server.base + "/api/admin/budgets/not-a-key-id"
         assert http("PUT", bad, {"budget_usd": 1}, auth(ADMIN_KEY))[0] == 400
+
+
+async def test_an_upgrade_keeps_the_periods_spend_and_the_admins_limits(
+    redis_server: EmbeddedRedis, primary: SimProcess, tmp_path: Path
+) -> None:
+    """Keys written before the cluster-safe `{budget}` layout (a standalone Redis) are renamed
+    at start: the spend so far and the admin's limits carry over, once."""
+    url = emptied(redis_server.url)
+    settings = settings_for(url, tmp_path / "logs", {"primary": openai_model(primary.openai_url, "p")},
+                            api={"budgets": {"enabled": True}})  # fmt: skip
+    client = async_redis(url, timeout=5, decode_responses=True)
+    await client.hset("fr:budget-limits", "k1", 5_000_000)
+    await client.hset("fr:budget:k1:2026-11", mapping={"spent": 1234, "reserved": 0})
+    budgets = Budgets(client, RedisGate(client), settings, prefix="fr:")
+    assert await budgets.adopt_legacy_keys() == 2
+    assert await client.hget("fr:{budget}:limits", "k1") == "5000000"
+    assert await client.hget("fr:{budget}:k1:2026-11", "spent") == "1234"
+    assert not await client.exists("fr:budget-limits", "fr:budget:k1:2026-11")
+    await client.hset("fr:budget-limits", "k2", 1)  # written by a process not yet upgraded
+    assert await budgets.adopt_legacy_keys() == 0, "adopted once: the marker ends the scans"
+    await client.aclose()

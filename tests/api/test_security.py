@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from services.api.auth import KeyRing, bind_refusal, required_role
 from services.api.rate_limit import RateLimiter
@@ -18,6 +17,7 @@ from services.app import create_app
 from services.config import RateLimitSettings, effective_config
 from services.platform.logs import AccessLog, configure_logging
 from services.platform.redis_gate import RedisGate
+from services.platform.redis_topology import async_redis
 from services.routing.turn import TurnRecord
 from tests.helpers import (
     GatewayServer,
@@ -156,9 +156,9 @@ class Clock:
 
 
 async def test_limits_recover_in_the_next_window_count_tokens_and_fail_open(
-    redis_url: str,
+    topology_redis_url: str,
 ) -> None:
-    client = aioredis.Redis.from_url(redis_url)
+    client = async_redis(topology_redis_url, timeout=5)
     gate = RedisGate(client)
     clock = Clock(1_800_000_000.0)  # the start of a minute
     limiter = RateLimiter(client, gate, RateLimitSettings(requests_per_minute=2,

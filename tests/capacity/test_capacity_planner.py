@@ -29,8 +29,15 @@ from services.capacity.state import (
     read_timeline,
 )
 from services.config import AlertSettings, ScalerSettings, Settings
+from services.platform.redis_topology import async_redis
 from services.routing.turn import TurnRecord
 from tests.alerts.receiver import Receiver
+
+
+@pytest.fixture
+def redis_url(topology_redis_url: str) -> str:
+    """Shared state: every test here runs on standalone, Sentinel and Cluster Redis."""
+    return topology_redis_url
 
 
 class Clock:
@@ -64,7 +71,7 @@ def capacity_settings(tmp_path: Path, redis_url: str, **capacity: Any) -> Settin
 
 @pytest.fixture
 async def aredis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
+    client = async_redis(redis_url, timeout=5)
     yield client
     await client.aclose()
 

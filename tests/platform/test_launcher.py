@@ -110,7 +110,7 @@ def test_the_planner_keeps_acting_on_the_embedded_fakeredis(tmp_path: Path) -> N
         seen: set[float] = set()
 
         def published_again() -> bool:
-            raw = store.get("fr:capacity:state")
+            raw = store.get("fr:{capacity}:state")
             if raw is not None:
                 seen.add(json.loads(raw)["updated"])
             return len(seen) >= 4
@@ -184,3 +184,16 @@ def test_check_config_prints_effective_config_without_secrets(tmp_path: Path) ->
     bad = subprocess.run([sys.executable, MAIN, "check-config"], env={**env, "FR_API_PORT": "x"},
                          capture_output=True, text=True, timeout=30)  # fmt: skip
     assert bad.returncode == 2 and "api.port = 'x' (from FR_API_PORT)" in bad.stderr
+
+
+def test_a_silent_sentinel_url_is_refused_not_replaced_by_a_private_redis(tmp_path: Path) -> None:
+    """A private standalone Redis in place of an unreachable Sentinel set would split the
+    replicas' state without anyone noticing: `all` exits 1 and says why, password redacted."""
+    env = {**os.environ, "FR_REDIS_URL": "redis+sentinel://:topsecret@127.0.0.1:1/fr/0",
+           "FR_LOG_DIR": str(tmp_path / "logs")}  # fmt: skip
+    out = subprocess.run([sys.executable, MAIN, "all"], env=env, capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert out.returncode == 1
+    said = out.stdout + out.stderr + (tmp_path / "logs" / "launcher.log").read_text()
+    assert "a private Redis is only started in place of a plain redis:// URL" in said
+    assert "topsecret" not in said and "redis+sentinel://:***@127.0.0.1:1/fr/0" in said

@@ -40,9 +40,9 @@ async def test_scripts_run_on_the_embedded_fakeredis(fake: aioredis.Redis) -> No
     assert await limiter.admit("k") is None and await limiter.admit("k") is not None
 
 
-async def test_a_redis_that_lost_its_scripts_gets_them_again(redis_url: str) -> None:
+async def test_a_redis_that_lost_its_scripts_gets_them_again(topology_redis_url: str) -> None:
     """SCRIPT FLUSH (what a restart does): the next call loads the script again and succeeds."""
-    client = async_client(redis_url)
+    client = async_client(topology_redis_url)
     script = LuaScript(client, INCR)
     assert await script(keys=["lua-test"], args=[1]) == 1
     await client.script_flush()

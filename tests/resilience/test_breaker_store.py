@@ -13,6 +13,13 @@ from services.platform.redis_gate import RedisGate
 from services.resilience.breaker import CLOSED, OPEN, Admission, Outcome
 from services.resilience.breaker_store import BreakerStore
 
+
+@pytest.fixture
+def redis_url(topology_redis_url: str) -> str:
+    """Shared state: every test here runs on standalone, Sentinel and Cluster Redis."""
+    return topology_redis_url
+
+
 POLICY = BreakerSettings(open_seconds=5, open_jitter=0, half_open_probes=2)
 
 

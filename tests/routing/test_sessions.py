@@ -7,10 +7,17 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import openai
+import pytest
 import redis
 
 from services.platform.redis_connection import free_port
 from tests.helpers import GatewayServer, SimProcess, api_process, healthy, http, wait_until
+
+
+@pytest.fixture
+def redis_url(topology_redis_url: str) -> str:
+    """Shared state: every test here runs on standalone, Sentinel and Cluster Redis."""
+    return topology_redis_url
 
 
 def _initiate(base: str, **body: str) -> dict[str, object]:
