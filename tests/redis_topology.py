@@ -30,6 +30,7 @@ SERVICE = "fr"
 class Node:
     port: int
     proc: subprocess.Popen[bytes]
+    argv: list[str] = field(default_factory=list)
 
     @property
     def address(self) -> str:
@@ -46,6 +47,13 @@ class Node:
             os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
 
+    def restart(self) -> None:
+        """Start the same server again (a cluster node rejoins from its nodes file)."""
+        assert self.proc.poll() is not None, "still running"
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL)
+        if not wait_until_answers(f"redis://127.0.0.1:{self.port}/0", 10):
+            raise RuntimeError(f"redis-server on {self.port} did not come back")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -58,7 +66,7 @@ class Node:
 def _server(workdir: Path, port: int, *extra: str) -> Node:
     argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", str(workdir), "--loglevel", "warning", *extra]  # fmt: skip
-    node = Node(port, subprocess.Popen(argv, stdout=subprocess.DEVNULL))
+    node = Node(port, subprocess.Popen(argv, stdout=subprocess.DEVNULL), argv)
     if not wait_until_answers(f"redis://127.0.0.1:{port}/0", 10):
         node.stop()
         raise RuntimeError(f"redis-server on {port} did not answer")
@@ -169,6 +177,10 @@ class ClusterSet:
     @property
     def url(self) -> str:
         return "redis-cluster://" + ",".join(n.address for n in self.nodes)
+
+    def healthy(self) -> bool:
+        """Every node answers and agrees the cluster is ok."""
+        return all(n.client().cluster("info")["cluster_state"] == "ok" for n in self.nodes)
 
     def flushall(self) -> None:
         for node in self.nodes:
