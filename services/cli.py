@@ -40,16 +40,17 @@ ConfigOption = Annotated[
 def _load(config: Path | None) -> tuple[Settings, dict[str, str], Path]:
     environ = dict(os.environ)
     path = (config or Path(environ.get("FR_CONFIG") or DEFAULT_CONFIG_PATH)).resolve()
-    from services.platform.redis_topology import RedisURLError, parse_redis_url
+    from services.errors import RedisURLError
+    from services.platform.redis_topology import parse_redis_url
 
     try:
         settings = load_settings(path, environ)
         parse_redis_url(settings.redis.url)  # a malformed Sentinel or Cluster URL: say so now
-    except ConfigError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
     except RedisURLError as exc:
         typer.echo(f"invalid configuration: redis.url: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
     return settings, environ, path
 

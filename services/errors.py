@@ -48,6 +48,11 @@ class ConfigError(FallbackRoutingError, ValueError):
     """The configuration is invalid; the message names every bad key and value."""
 
 
+class RedisURLError(ConfigError):
+    """A Redis URL that names no usable deployment (services/platform/redis_topology.py); the
+    message says why, without the password."""
+
+
 class KubernetesError(FallbackRoutingError, RuntimeError):
     """The Kubernetes API server refused or could not be reached (the message says which)."""
 

@@ -26,6 +26,8 @@ from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.cluster import ClusterNode, RedisCluster
 from redis.sentinel import Sentinel
 
+from services.errors import RedisURLError
+
 Mode = Literal["standalone", "sentinel", "cluster"]
 SCHEMES: dict[str, tuple[Mode, bool]] = {
     "redis+sentinel": ("sentinel", False),
@@ -33,10 +35,6 @@ SCHEMES: dict[str, tuple[Mode, bool]] = {
     "redis-cluster": ("cluster", False),
     "rediss-cluster": ("cluster", True),
 }
-
-
-class RedisURLError(ValueError):
-    """A Redis URL this module cannot use (the message says why, without the password)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from services.config import redact_url
-from services.platform.redis_topology import RedisURLError, parse_redis_url
+from services.errors import RedisURLError
+from services.platform.redis_topology import parse_redis_url
 from tests.helpers import MAIN
 
 
