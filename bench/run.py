@@ -271,10 +271,19 @@ def rss_mb(pid: int) -> float:
 
 
 def start_gateway(
-    workdir: Path, redis_url: str, config: Path, api_port: int, workers: int, *, ledger: bool
+    workdir: Path,
+    redis_url: str,
+    config: Path,
+    api_port: int,
+    workers: int,
+    *,
+    ledger: bool,
+    server: str = "uvicorn",
 ) -> tuple[subprocess.Popen[bytes], str, str]:
     """`main.py api` on `config` with its ledger in `workdir`, answering; with a pinned session.
-    Returns the process, its base URL and the session id."""
+    `server="granian"` serves the same app factory with granian instead (an experiment: the
+    HTTP guards of services/api/http_guard.py are uvicorn's). Returns the process, its base URL
+    and the session id."""
     env = {
         **os.environ,
         "FR_REDIS_URL": redis_url,
@@ -283,10 +292,14 @@ def start_gateway(
         "FR_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'ledger.db'}",
         "FR_LEDGER_WAL_DIR": str(workdir / "wal"),
     }
+    argv = [sys.executable, str(ROOT / "main.py"), "api", "--workers", str(workers)]
+    if server == "granian":
+        argv = [str(Path(sys.executable).parent / "granian"), "--interface", "asgi", "--factory",
+                "--host", "127.0.0.1", "--port", str(api_port), "--workers", str(workers),
+                "--loop", "uvloop", "--no-access-log", "services.app:app_from_env"]  # fmt: skip
     api = subprocess.Popen(
-        [sys.executable, str(ROOT / "main.py"), "api", "--workers", str(workers)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT
+    )
     base = f"http://127.0.0.1:{api_port}"
     wait_http(base + "/livez")
     req = urllib.request.Request(base + "/initiate_call", data=b"{}", method="POST")
@@ -325,6 +338,12 @@ def main() -> None:
         "--workers", type=int, default=1, help="uvicorn worker processes of the gateway"
     )
     parser.add_argument(
+        "--server",
+        choices=["uvicorn", "granian"],
+        default="uvicorn",
+        help="the ASGI server of the gateway (granian: an experiment, see start_gateway)",
+    )
+    parser.add_argument(
         "--peer",
         choices=["litellm"],
         action="append",
@@ -349,8 +368,10 @@ def main() -> None:
         direct = f"http://127.0.0.1:{upstream_port}/v1"
         primary = direct if args.scenario == "healthy" else f"http://127.0.0.1:{free_port()}/v1"
         config = write_config(workdir, upstream_port, api_port, primary, args.scenario)
-        api, base, session_id = start_gateway(workdir, redis.url, config, api_port, args.workers,
-                                              ledger=args.ledger == "on")  # fmt: skip
+        api, base, session_id = start_gateway(
+            workdir, redis.url, config, api_port, args.workers,
+            ledger=args.ledger == "on", server=args.server,
+        )  # fmt: skip
         procs.append(api)
         script = workdir / "post.lua"
         script.write_text(WRK_SCRIPT)
