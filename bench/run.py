@@ -405,8 +405,10 @@ def main() -> None:
                         run["cpu_us"] = (cpu_seconds(pid) - before) / run["requests"] * 1e6
                     runs.setdefault((name, c), []).append(run)
         results = {key: median_run(r) for key, r in runs.items()}
-        # One worker serves in the launcher's own process; several are its children.
-        workers = family(api.pid)[1:] if args.workers > 1 else [api.pid]
+        # One uvicorn worker serves in the launcher's own process; several are its children
+        # (granian always serves from a child process, even with one worker)
+        several = args.workers > 1 or args.server == "granian"
+        workers = family(api.pid)[1:] if several else [api.pid]
         rss = max(rss_mb(pid) for pid in workers)
         print(
             f"scenario: {args.scenario}; upstream {args.upstream}; ledger {args.ledger}; "
