@@ -237,13 +237,30 @@ def start_main_all(
         **isolated_ledger_env(tmp_path),
         **extra_env,
     }
-    proc = subprocess.Popen([sys.executable, MAIN, "all"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    console = tmp_path / "main-all.console"
+    with console.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, MAIN, "all"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)  # fmt: skip
     base = f"http://127.0.0.1:{api_port}"
-    wait_until(
-        lambda: http("GET", base + "/readyz", timeout=1)[0] == 200, timeout=60, what="readyz"
-    )
+    try:
+        wait_until(
+            lambda: http("GET", base + "/readyz", timeout=1)[0] == 200, timeout=60, what="readyz"
+        )
+    except AssertionError as exc:
+        # Stop it (a launcher left running would hold its children and ports for the rest of
+        # the session) and say why it never became ready: its console and every log's tail.
+        interrupt(proc)
+        raise AssertionError(f"{exc}; exit {proc.returncode}\n{log_tails(tmp_path)}") from None
     return proc, base
+
+
+def log_tails(directory: Path, lines: int = 15) -> str:
+    """The last lines of every log under `directory`, for a failure message."""
+    tails = []
+    for path in sorted([*directory.glob("*.console"), *directory.glob("logs/**/*.log")]):
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+        tails.append(f"--- {path.relative_to(directory)}\n" + "\n".join(text))
+    return "\n".join(tails) or f"(no logs under {directory})"
 
 
 def readme_blocks() -> list[tuple[str, str]]:
