@@ -64,4 +64,11 @@ class RedisGate:
         while True:
             await asyncio.sleep(self._retry_interval)
             if not self.available:
-                await self.check()
+                try:
+                    await self.check()
+                except Exception as exc:  # noqa: BLE001 - this loop is the only way back
+                    # An error no Redis client should raise (a client bug) must not end the
+                    # loop: this process would stay fail-open until restarted.
+                    logger.error(
+                        "Redis check failed unexpectedly ({}); retrying", exc.__class__.__name__
+                    )

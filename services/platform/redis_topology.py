@@ -21,9 +21,12 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+from redis.asyncio.cluster import ClusterPipeline as AsyncClusterPipeline
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
 from redis.sentinel import Sentinel
 
 from services.errors import RedisURLError
@@ -135,6 +138,49 @@ class _SentinelManaged(redis.Redis):
             client.close()
 
 
+# What redis-py's asyncio Cluster client raises from inside its connection layer when one command's
+# error handling (a ClusterDownError closes every node's connections and re-learns the topology)
+# pulls a connection from under another command in flight: seen here on a node's restart as
+# AttributeError ('NoneType' object has no attribute 'writelines') and RuntimeError (handler is
+# closed); redis/redis-py#3546 reports the TypeError form. They mean "that connection broke".
+_CONNECTION_RACE_ERRORS = (AttributeError, RuntimeError, TypeError)
+
+
+def _as_connection_error(exc: Exception) -> RedisConnectionError:
+    return RedisConnectionError(f"Redis Cluster connection closed under a command: {exc!r}")
+
+
+class _RaceSafeClusterPipeline(AsyncClusterPipeline):
+    """A Cluster pipeline whose connection races surface as a Redis ConnectionError."""
+
+    async def execute(
+        self, raise_on_error: bool = True, allow_redirections: bool = True
+    ) -> list[Any]:
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        except _CONNECTION_RACE_ERRORS as exc:
+            raise _as_connection_error(exc) from exc
+
+
+class _RaceSafeCluster(AsyncRedisCluster):
+    """redis-py's asyncio Cluster client, with its connection races (above) raised as the
+    ConnectionError they are: the gateway then answers fail-open and its gate re-checks, where
+    an AttributeError would have been a 500 and, in the gate's own loop, an end to recovery."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except _CONNECTION_RACE_ERRORS as exc:
+            raise _as_connection_error(exc) from exc
+
+    def pipeline(
+        self, transaction: Any | None = None, shard_hint: Any | None = None
+    ) -> AsyncClusterPipeline:
+        if shard_hint:  # redis-py's own check, as in RedisCluster.pipeline
+            raise RedisClusterException("shard_hint is deprecated in cluster mode")
+        return _RaceSafeClusterPipeline(self, transaction)  # type: ignore[abstract]
+
+
 def _sentinel_kwargs(target: RedisTarget, timeout: float) -> dict[str, Any]:
     return {"socket_timeout": timeout, "socket_connect_timeout": timeout,
             "password": target.sentinel_password}  # fmt: skip
@@ -166,7 +212,7 @@ def async_redis(url: str, *, timeout: float, **options: Any) -> aioredis.Redis:
         client.sentinels = list(sentinel.sentinels)
         return client
     options.pop("health_check_interval", None)
-    cluster = AsyncRedisCluster(
+    cluster = _RaceSafeCluster(
         startup_nodes=[AsyncClusterNode(h, p) for h, p in target.nodes], **node, **options
     )
     return cast(aioredis.Redis, cluster)

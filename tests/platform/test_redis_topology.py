@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 
 import pytest
+from redis.exceptions import RedisError
 
 from services.config import redact_url
 from services.errors import RedisURLError
-from services.platform.redis_topology import parse_redis_url
+from services.platform.redis_topology import async_redis, parse_redis_url
 from tests.helpers import MAIN
+from tests.redis_topology import ClusterSet
 
 
 def test_a_plain_url_is_standalone_and_passed_through() -> None:
@@ -67,3 +70,37 @@ def test_check_config_refuses_a_malformed_sentinel_url_without_showing_its_passw
     assert out.returncode == 2
     assert "redis.url: a redis+sentinel:// URL needs the service name" in out.stderr
     assert "topsecret" not in out.stdout + out.stderr
+
+
+async def test_a_cluster_connection_closed_under_a_command_is_a_redis_connection_error(
+    cluster_set: ClusterSet,
+) -> None:
+    """redis-py's Cluster client closes a node's connections on its own errors (a ClusterDown,
+    a dropped connection) while other commands are in flight on them; those commands then die
+    with an AttributeError from inside redis-py. Here the same closing is done directly, at
+    every point of the commands' progress: each failure must be a RedisError (fail-open), not
+    an AttributeError (a 500), and the client must go on working."""
+    client = async_redis(cluster_set.url, timeout=2)
+    failures: list[BaseException] = []
+
+    async def get(key: str) -> None:
+        try:
+            await client.get(key)
+        except Exception as exc:  # collected, checked below
+            failures.append(exc)
+
+    try:
+        await client.ping()
+        for steps in range(12):
+            commands = [asyncio.create_task(get(f"race:{n}")) for n in range(50)]
+            for _ in range(steps):  # let the commands get that far, then pull the connections
+                await asyncio.sleep(0)
+            for node in client.get_nodes():  # type: ignore[attr-defined]
+                await node.disconnect()
+            await asyncio.gather(*commands)
+        # If redis-py stops racing, this fails: then the wrapper in redis_topology can go.
+        assert failures, "no command was caught mid-flight; the race was not exercised"
+        assert all(isinstance(f, RedisError) for f in failures), {type(f) for f in failures}
+        assert await client.set("race:after", "1") and await client.get("race:after") == b"1"
+    finally:
+        await client.aclose()
