@@ -163,11 +163,19 @@ class _RaceSafeClusterPipeline(AsyncClusterPipeline):
 
 
 class _RaceSafeCluster(AsyncRedisCluster):
-    """redis-py's asyncio Cluster client, with its connection races (above) raised as the
-    ConnectionError they are: the gateway then answers fail-open and its gate re-checks, where
-    an AttributeError would have been a 500 and, in the gate's own loop, an end to recovery."""
+    """redis-py's asyncio Cluster client, with its connection races (above) retried once and
+    then raised as the ConnectionError they are: the gateway then answers fail-open and its gate
+    re-checks, where an AttributeError would have been a 500 and, in the gate's own loop, an end
+    to recovery."""
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except _CONNECTION_RACE_ERRORS:
+            # Raised while connecting or writing (the reading side raises redis's own
+            # ConnectionError), so the command never reached Redis: one more try, on a fresh
+            # connection, is safe even for a script that counts.
+            pass
         try:
             return await super().execute_command(*args, **kwargs)
         except _CONNECTION_RACE_ERRORS as exc:
