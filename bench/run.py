@@ -88,10 +88,12 @@ end
 
 
 def ensure_tools() -> None:
+    # nginx lives in /usr/sbin, often not on a non-root PATH; wrk must be found on its own
+    # (checking /usr/sbin/nginx for both once skipped wrk's install where nginx was present).
     missing = [
-        t
-        for t in ("nginx", "wrk")
-        if shutil.which(t) is None and not Path("/usr/sbin/nginx").exists()
+        tool
+        for tool, path in (("nginx", "/usr/sbin/nginx"), ("wrk", "/usr/bin/wrk"))
+        if shutil.which(tool) is None and not Path(path).exists()
     ]
     if not missing:
         return
