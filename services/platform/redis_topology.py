@@ -151,7 +151,9 @@ def _as_connection_error(exc: Exception) -> RedisConnectionError:
 
 
 class _RaceSafeClusterPipeline(AsyncClusterPipeline):
-    """A Cluster pipeline whose connection races surface as a Redis ConnectionError."""
+    """A Cluster pipeline whose connection races surface as a Redis ConnectionError. Not
+    retried, unlike a single command: a pipeline is split by node, and another node's part may
+    already have run."""
 
     async def execute(
         self, raise_on_error: bool = True, allow_redirections: bool = True
