@@ -251,8 +251,27 @@ async def insert_records(engine: AsyncEngine, rows: Sequence[dict[str, Any]]) ->
 
 RECORD_COLUMNS = tuple(c.name for c in records.columns)
 _TS, _DAY = RECORD_COLUMNS.index("ts"), RECORD_COLUMNS.index("day")
-# Rows per multi-row INSERT: 400 x 22 parameters stays under SQLite's 32,766 limit.
-SQLITE_CHUNK = 400
+# Rows per multi-row INSERT: 256 x 22 parameters stays under SQLite's 32,766 limit.
+SQLITE_CHUNK = 256
+
+
+def sqlite_chunks(rows: int) -> list[int]:
+    """The statement sizes a flush of `rows` rows is cut into: full chunks, then the rest in
+    powers of two (300 rows: 256, 32, 8, 4).
+
+    Only nine distinct statements therefore ever exist. The sqlite3 module keeps its last 128
+    prepared statements, and a prepared multi-row INSERT holds about 1.2 KB of native memory per
+    row: cut at any size, flushes of ever new sizes filled that cache with statements of
+    hundreds of rows, and an inline writer's worker grew by 15 MB and kept creeping
+    (bench/RESULTS.md)."""
+    sizes = [SQLITE_CHUNK] * (rows // SQLITE_CHUNK)
+    rest, size = rows % SQLITE_CHUNK, SQLITE_CHUNK // 2
+    while rest:
+        if rest >= size:
+            sizes.append(size)
+            rest -= size
+        size //= 2
+    return sizes
 
 
 @functools.cache
@@ -277,19 +296,20 @@ async def _insert_new(conn: Any, rows: Sequence[dict[str, Any]]) -> list[dict[st
     """Insert the rows not stored yet; answer those that were new.
 
     The common case on SQLite (every row new: a regular flush) is a few multi-row INSERTs at
-    the driver level. One statement per 400 rows, rather than one step per row, matters beyond
-    its own cost: the sqlite3 module drops and retakes the GIL around every step, and each
-    handover stalled the event loop thread (bench/RESULTS.md). When some row already existed (a
-    replay, or a retry after a commit whose answer was lost), that attempt is rolled back to its
-    savepoint and SQLAlchemy's RETURNING path says which rows are new.
+    the driver level, cut by `sqlite_chunks`. A statement per chunk rather than one step per
+    row matters beyond its own cost: the sqlite3 module drops and retakes the GIL around every
+    step, and each handover stalled the event loop thread (bench/RESULTS.md). When some row
+    already existed (a replay, or a retry after a commit whose answer was lost), that attempt is
+    rolled back to its savepoint and SQLAlchemy's RETURNING path says which rows are new.
     """
     if conn.dialect.name == "sqlite":
         savepoint = await conn.begin_nested()
-        inserted = 0
-        for start in range(0, len(rows), SQLITE_CHUNK):
-            chunk = rows[start : start + SQLITE_CHUNK]
+        inserted = start = 0
+        for size in sqlite_chunks(len(rows)):
+            chunk = rows[start : start + size]
+            start += size
             params = tuple(value for row in chunk for value in _sqlite_params(row))
-            result = await conn.exec_driver_sql(_sqlite_insert(len(chunk)), params)
+            result = await conn.exec_driver_sql(_sqlite_insert(size), params)
             inserted += result.rowcount
         if inserted == len(rows):
             await savepoint.commit()
