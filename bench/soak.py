@@ -4,16 +4,14 @@
     .venv/bin/python bench/soak.py [--minutes 10] [--concurrency 50] [--interval 10]
 
 The same set-up as bench/run.py (nginx canned SSE upstream, private redis-server, `main.py api`
-with the ledger on SQLite, inline writer). The ledger's schema is migrated before the gateway
-starts, as on every start of a deployment but its first: an API process that finds the schema
-current does not import alembic. Prints the RSS curve, then the growth from the end of the
-warm-up (the first fifth of the run) to the end.
+with the ledger on SQLite, inline writer, its schema migrated before the gateway starts). Prints
+the RSS curve, then the growth from the end of the warm-up (the first fifth of the run) to the
+end.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import subprocess
 import sys
@@ -35,14 +33,7 @@ from run import (  # noqa: E402
     write_config,
 )
 
-from services.ledger.db import make_engine, migrate  # noqa: E402
 from services.platform.redis_connection import free_port, start_redis_server  # noqa: E402
-
-
-async def migrate_ledger(url: str, lock_dir: Path) -> None:
-    engine = make_engine(url)
-    await migrate(engine, lock_dir)
-    await engine.dispose()
 
 
 def main() -> None:
@@ -62,7 +53,6 @@ def main() -> None:
         procs.append(start_nginx(workdir, upstream_port, sse=True))
         config = write_config(workdir, upstream_port, api_port,
                               f"http://127.0.0.1:{upstream_port}/v1", "healthy")  # fmt: skip
-        asyncio.run(migrate_ledger(f"sqlite+aiosqlite:///{workdir / 'ledger.db'}", workdir / "wal"))
         api, base, session_id = start_gateway(workdir, redis.url, config, api_port, 1, ledger=True)
         procs.append(api)
         script = workdir / "post.lua"
