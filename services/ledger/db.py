@@ -14,12 +14,13 @@ import asyncio
 import fcntl
 import functools
 import hashlib
+import itertools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -214,7 +215,9 @@ async def insert_records(engine: AsyncEngine, rows: Sequence[dict[str, Any]]) ->
         dialect = conn.dialect.name
         new_rows = await _insert_new(conn, rows)
         totals: dict[tuple[date, str, str], list[int]] = {}
-        for row in new_rows:
+        for i, row in enumerate(new_rows):
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # let the loop serve requests (see YIELD_EVERY)
             if row["kind"] in BILLED_KINDS:
                 key = (row["day"], row["deployment"] or "", row["model"])
                 t = totals.setdefault(key, [0, 0, 0, 0])
@@ -251,15 +254,18 @@ async def insert_records(engine: AsyncEngine, rows: Sequence[dict[str, Any]]) ->
 
 RECORD_COLUMNS = tuple(c.name for c in records.columns)
 _TS, _DAY = RECORD_COLUMNS.index("ts"), RECORD_COLUMNS.index("day")
-# Rows per multi-row INSERT: 256 x 22 parameters stays under SQLite's 32,766 limit.
-SQLITE_CHUNK = 256
+# Rows per multi-row INSERT. The sqlite3 module binds a statement's parameters on the
+# aiosqlite thread holding the GIL, and the event loop's thread waits meanwhile: 256 rows held
+# it about 1 ms, 64 rows about a quarter of that, for some 15 statements per 1,000 records
+# instead of 4 (bench/RESULTS.md). Well under SQLite's 32,766 parameters (22 per row).
+SQLITE_CHUNK = 64
 
 
 def sqlite_chunks(rows: int) -> list[int]:
     """The statement sizes a flush of `rows` rows is cut into: full chunks, then the rest in
-    powers of two (300 rows: 256, 32, 8, 4).
+    powers of two (300 rows: 64, 64, 64, 64, 32, 8, 4).
 
-    Only nine distinct statements therefore ever exist. The sqlite3 module keeps its last 128
+    Only seven distinct statements therefore ever exist. The sqlite3 module keeps its last 128
     prepared statements, and a prepared multi-row INSERT holds about 1.2 KB of native memory per
     row: cut at any size, flushes of ever new sizes filled that cache with statements of
     hundreds of rows, and an inline writer's worker grew by 15 MB and kept creeping
@@ -281,6 +287,27 @@ def _sqlite_insert(rows: int) -> str:
     group = f"({', '.join('?' * len(RECORD_COLUMNS))})"
     columns = ", ".join(RECORD_COLUMNS)
     return f"INSERT OR IGNORE INTO llm_records ({columns}) VALUES {', '.join([group] * rows)}"  # noqa: S608
+
+
+# Items a flush prepares between two returns to the event loop: about 0.5 ms of work (a record
+# costs some 4 µs to become a row and 8 µs to become parameters), so a request arriving during
+# a flush waits about that long at most. Done in one go, a flush of a second's records at 1,000
+# requests/s held the loop for about 5 ms (its row building), then 2 ms per statement.
+YIELD_EVERY = 64
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+async def map_yielding(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """`fn` over `items`, returning to the event loop every `YIELD_EVERY` items. The work stays
+    on the loop's thread: in another thread it would hold the GIL, and the loop would wait up to
+    the interpreter's 5 ms switch interval to get it back."""
+    out: list[R] = []
+    for start in range(0, len(items), YIELD_EVERY):
+        out.extend(fn(item) for item in items[start : start + YIELD_EVERY])
+        if start + YIELD_EVERY < len(items):
+            await asyncio.sleep(0)
+    return out
 
 
 def _sqlite_params(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -308,7 +335,7 @@ async def _insert_new(conn: Any, rows: Sequence[dict[str, Any]]) -> list[dict[st
         for size in sqlite_chunks(len(rows)):
             chunk = rows[start : start + size]
             start += size
-            params = tuple(value for row in chunk for value in _sqlite_params(row))
+            params = tuple(itertools.chain.from_iterable(await map_yielding(_sqlite_params, chunk)))
             result = await conn.exec_driver_sql(_sqlite_insert(size), params)
             inserted += result.rowcount
         if inserted == len(rows):

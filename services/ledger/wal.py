@@ -287,7 +287,8 @@ class Ledger:
         started = self._clock()
         self._inflight = len(batch)
         try:
-            await ledger_db.insert_records(self._engine, [r.to_row() for r in batch])
+            rows = await ledger_db.map_yielding(lambda record: record.to_row(), batch)
+            await ledger_db.insert_records(self._engine, rows)
         except BaseException as exc:
             self.buffer = batch + self.buffer
             if not isinstance(exc, DB_ERRORS):
