@@ -254,18 +254,19 @@ async def insert_records(engine: AsyncEngine, rows: Sequence[dict[str, Any]]) ->
 
 RECORD_COLUMNS = tuple(c.name for c in records.columns)
 _TS, _DAY = RECORD_COLUMNS.index("ts"), RECORD_COLUMNS.index("day")
-# Rows per multi-row INSERT. The sqlite3 module binds a statement's parameters on the
-# aiosqlite thread holding the GIL, and the event loop's thread waits meanwhile: 256 rows held
-# it about 1 ms, 64 rows about a quarter of that, for some 15 statements per 1,000 records
-# instead of 4 (bench/RESULTS.md). Well under SQLite's 32,766 parameters (22 per row).
-SQLITE_CHUNK = 64
+# Rows per multi-row INSERT: 256 x 22 parameters stays under SQLite's 32,766 limit. The sqlite
+# thread binds a statement's parameters holding the GIL, and the event loop waits meanwhile, so
+# 64 rows would shorten the longest stall of a flush (about 0.9 ms instead of 1.7 per 1,000
+# records); but a worker flushing 64-row statements grew by 0.7 MB/s under load, for a reason
+# not found yet (bench/RESULTS.md). 256 stays until it is.
+SQLITE_CHUNK = 256
 
 
 def sqlite_chunks(rows: int) -> list[int]:
     """The statement sizes a flush of `rows` rows is cut into: full chunks, then the rest in
-    powers of two (300 rows: 64, 64, 64, 64, 32, 8, 4).
+    powers of two (300 rows: 256, 32, 8, 4).
 
-    Only seven distinct statements therefore ever exist. The sqlite3 module keeps its last 128
+    Only nine distinct statements therefore ever exist. The sqlite3 module keeps its last 128
     prepared statements, and a prepared multi-row INSERT holds about 1.2 KB of native memory per
     row: cut at any size, flushes of ever new sizes filled that cache with statements of
     hundreds of rows, and an inline writer's worker grew by 15 MB and kept creeping

@@ -184,19 +184,19 @@ async def test_external_writer_keeps_files_while_the_database_is_down(
 
 
 def test_flushes_are_cut_into_a_fixed_ladder_of_statement_sizes() -> None:
-    """Every size is covered exactly; seven sizes at most, whatever the batch."""
+    """Every size is covered exactly; nine sizes at most, whatever the batch."""
     seen: set[int] = set()
     for rows in range(1, 1200):
         sizes = ledger_db.sqlite_chunks(rows)
         assert sum(sizes) == rows and sizes == sorted(sizes, reverse=True)
         seen.update(sizes)
-    assert seen == {64, 32, 16, 8, 4, 2, 1} and ledger_db.SQLITE_CHUNK == 64
+    assert seen == {256, 128, 64, 32, 16, 8, 4, 2, 1}
 
 
 async def test_flushes_of_every_size_prepare_few_distinct_statements(tmp_path: Path) -> None:
     """The sqlite3 module caches its last 128 prepared statements, about 1.2 KB of native memory
     per row of a multi-row INSERT: flushes of 1 to 300 rows once prepared 300 distinct
-    statements and grew a worker by 15 MB. They now share the ladder's seven."""
+    statements and grew a worker by 15 MB. They now share the ladder's nine."""
     engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
     await migrate(engine, tmp_path / "lock")
     statements: set[str] = set()
@@ -214,7 +214,7 @@ async def test_flushes_of_every_size_prepare_few_distinct_statements(tmp_path: P
         )
         n += size
     assert await count(engine) == n == 300 * 301 // 2
-    assert len(statements) <= 7
+    assert len(statements) <= 9
     await engine.dispose()
 
 
