@@ -291,9 +291,10 @@ def _sqlite_insert(rows: int) -> str:
 
 
 # Items a flush prepares between two returns to the event loop: about 0.5 ms of work (a record
-# costs some 4 µs to become a row and 8 µs to become parameters), so a request arriving during
-# a flush waits about that long at most. Done in one go, a flush of a second's records at 1,000
-# requests/s held the loop for about 5 ms (its row building), then 2 ms per statement.
+# costs some 4 µs to become a row and 8 µs to become parameters), so the flush's own Python work
+# holds the loop about that long at a time (binding a statement's parameters on the sqlite
+# thread can hold it longer: see SQLITE_CHUNK). Done in one go, a flush of a second's records
+# at 1,000 requests/s held the loop for about 5 ms (its row building), then 2 ms per statement.
 YIELD_EVERY = 64
 T = TypeVar("T")
 R = TypeVar("R")
