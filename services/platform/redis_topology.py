@@ -115,7 +115,49 @@ def _node_kwargs(target: RedisTarget, timeout: float) -> dict[str, Any]:
     return kwargs
 
 
-class _AsyncSentinelManaged(aioredis.Redis):
+# What redis-py's asyncio clients raise from inside their connection layer when a connection is
+# closed under a command in flight: the Cluster client closes every node's connections on one
+# command's error (a ClusterDownError) and re-learns the topology; the standalone and Sentinel
+# clients close a pool's connections on a failover or a dropped connection. Seen here on a
+# Cluster node's restart and a Sentinel failover as AttributeError ('NoneType' object has no
+# attribute 'writelines') and RuntimeError (uvloop: the handler is closed); redis/redis-py#3546
+# reports the TypeError form. They mean "that connection broke".
+_CONNECTION_RACE_ERRORS = (AttributeError, RuntimeError, TypeError)
+
+
+def _as_connection_error(exc: Exception) -> RedisConnectionError:
+    return RedisConnectionError(f"Redis connection closed under a command: {exc!r}")
+
+
+class _RaceSafePipeline(aioredis.client.Pipeline):
+    """A standalone or Sentinel pipeline whose connection races surface as a ConnectionError."""
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        try:
+            return await super().execute(raise_on_error)
+        except _CONNECTION_RACE_ERRORS as exc:
+            raise _as_connection_error(exc) from exc
+
+
+class _RaceSafeRedis(aioredis.Redis):
+    """redis-py's asyncio client (standalone, or a Sentinel primary's), with its connection
+    races (above) raised as the ConnectionError they are: the gateway then answers fail-open
+    instead of a 500. Not retried, unlike the Cluster client's: here the race can also land
+    after a command was written, and a counting script must not run twice."""
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        except _CONNECTION_RACE_ERRORS as exc:
+            raise _as_connection_error(exc) from exc
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Any:
+        return _RaceSafePipeline(
+            self.connection_pool, self.response_callbacks, transaction, shard_hint
+        )
+
+
+class _AsyncSentinelManaged(_RaceSafeRedis):
     """The primary's client, which also closes its connections to the sentinels (redis-py's
     own leaves them open when the client is closed)."""
 
@@ -136,18 +178,6 @@ class _SentinelManaged(redis.Redis):
         super().close()
         for client in self.sentinels:
             client.close()
-
-
-# What redis-py's asyncio Cluster client raises from inside its connection layer when one command's
-# error handling (a ClusterDownError closes every node's connections and re-learns the topology)
-# pulls a connection from under another command in flight: seen here on a node's restart as
-# AttributeError ('NoneType' object has no attribute 'writelines') and RuntimeError (handler is
-# closed); redis/redis-py#3546 reports the TypeError form. They mean "that connection broke".
-_CONNECTION_RACE_ERRORS = (AttributeError, RuntimeError, TypeError)
-
-
-def _as_connection_error(exc: Exception) -> RedisConnectionError:
-    return RedisConnectionError(f"Redis Cluster connection closed under a command: {exc!r}")
 
 
 class _RaceSafeClusterPipeline(AsyncClusterPipeline):
@@ -204,7 +234,7 @@ def async_redis(url: str, *, timeout: float, **options: Any) -> aioredis.Redis:
     splits by node), and every multi-key call keeps its keys in one slot (docs/deployment.md)."""
     target = parse_redis_url(url)
     if target.mode == "standalone":
-        return aioredis.Redis.from_url(
+        return _RaceSafeRedis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, **options
         )
     node = _node_kwargs(target, timeout)
