@@ -151,7 +151,9 @@ class _RaceSafeRedis(aioredis.Redis):
         except _CONNECTION_RACE_ERRORS as exc:
             raise _as_connection_error(exc) from exc
 
-    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Any:
+    def pipeline(
+        self, transaction: bool = True, shard_hint: str | None = None
+    ) -> aioredis.client.Pipeline:
         return _RaceSafePipeline(
             self.connection_pool, self.response_callbacks, transaction, shard_hint
         )
