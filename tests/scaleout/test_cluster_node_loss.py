@@ -59,15 +59,23 @@ def test_replicas_answer_through_the_loss_of_a_cluster_node_and_resume_after(
         after = [o for o in outcomes[before_restart:] if o.status != 200]
         assert all(o.status == 404 and key_slot(f"fr:session:{o.session}".encode()) in lost_slots
                    for o in after), [(o.status, o.session) for o in after][:5]  # fmt: skip
+
         # The pins on the surviving nodes are honoured. Re-pinned after, a session is shared
         # again.
-        kept = sum(
-            http("POST", replicas[n % 3].base + "/chat_completions",
-                 {"session_id": s, "message": "hi"})[1].get("x-router-model") == "secondary"
-            for n, s in enumerate(pinned)
-        )  # fmt: skip
+        def kept() -> int:
+            return sum(
+                http("POST", replicas[n % 3].base + "/chat_completions",
+                     {"session_id": s, "message": "hi"})[1].get("x-router-model") == "secondary"
+                for n, s in enumerate(pinned)
+            )  # fmt: skip
+
         survivors = sum(key_slot(f"fr:session:{s}".encode()) not in lost_slots for s in pinned)
-        assert kept == survivors, "pins on the surviving nodes kept, the lost node's gone"
+        # The restarted node can still answer CLUSTERDOWN for a moment after the cluster reports
+        # itself healthy (seen in CI: a replica went fail-open again 2 s later, and its turns
+        # took the default model meanwhile, as fail-open should): ask until the replicas stay
+        # on shared state.
+        wait_until(lambda: kept() == survivors, timeout=30,
+                   what="pins on the surviving nodes kept, the lost node's gone")  # fmt: skip
         fresh = json.loads(http("POST", replicas[0].base + "/initiate_call",
                                 {"model": "secondary"})[2])["session_id"]  # fmt: skip
         status, headers, _ = http("POST", replicas[2].base + "/chat_completions",
