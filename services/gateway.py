@@ -35,6 +35,7 @@ from services.resilience.fallback_stats import FallbackStatistics
 from services.resilience.health_monitor import HealthMonitor
 from services.resilience.retry_budget import RetryBudget
 from services.routing.executor import ChainExecutor
+from services.routing.pin_cache import PinCache, follow_invalidations
 from services.routing.response_cache import ResponseCache
 from services.routing.router import Router
 from services.routing.sessions import SessionStore
@@ -100,6 +101,9 @@ class Gateway:
             self._housekeeping(interval),
             self._adopt_legacy_keys(),
         ]
+        if self.sessions.cache.enabled:
+            loops.append(follow_invalidations(self.redis, self.sessions.invalidation_channel,
+                                              self.sessions.cache))  # fmt: skip
         if self.ledger_runtime is not None:
             loops.append(self.ledger_runtime.ledger.run())
         alerting = self.settings.alerts
@@ -183,7 +187,8 @@ async def open_gateway(
     )
     alerts = alert_sender(settings, environ, redis, gate, breakers, health)
     sessions = SessionStore(redis, gate, prefix=prefix, ttl_seconds=settings.sessions.ttl_seconds,
-                            fallback_selector=settings.sessions.default_selector)  # fmt: skip
+                            fallback_selector=settings.sessions.default_selector,
+                            cache=PinCache(settings.sessions.cache_refresh_seconds))  # fmt: skip
     if not await gate.check():
         logger.warning("Redis is not reachable at start: serving fail-open until it is")
     await breakers.sync()
@@ -262,8 +267,13 @@ def upstream_client(settings: Settings) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=settings.upstream.max_connections, limit_per_host=0, ttl_dns_cache=300
     )
+    # No cookie jar: a cookie one provider sets (a load balancer's affinity, a bot-check token)
+    # must not ride along on every later request of every client of this process.
     return aiohttp.ClientSession(
-        connector=connector, skip_auto_headers=("User-Agent",), auto_decompress=True
+        connector=connector,
+        skip_auto_headers=("User-Agent",),
+        auto_decompress=True,
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
 
 
