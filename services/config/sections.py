@@ -108,6 +108,16 @@ class SessionSettings(Section):
 
     default_selector: str = "large-model"
     ttl_seconds: int = Field(3600, ge=1, le=30 * 86400)
+    # A turn whose pin this process read from Redis within this long is answered from memory
+    # (no round trip); re-pins reach every replica at once (services/routing/pin_cache.py).
+    # Also how often, at most, a busy session's TTL is refreshed (never less than half the TTL
+    # is left). 0: read Redis on every turn.
+    cache_seconds: float = Field(60.0, ge=0)
+
+    @property
+    def cache_refresh_seconds(self) -> float:
+        """`cache_seconds`, at most half the TTL (a session in use must never expire)."""
+        return min(self.cache_seconds, self.ttl_seconds / 2)
 
 
 class Simulation(Section):

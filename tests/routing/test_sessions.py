@@ -95,7 +95,8 @@ def test_x_session_id_pins_openai_clients(closing: ExitStack, gateway: GatewaySe
 def test_a_second_api_process_honours_the_session(
     redis_url: str, primary: SimProcess, secondary: SimProcess, tmp_path: Path
 ) -> None:
-    """Two `main.py api` processes on one Redis: a session made on one is routed by the other."""
+    """Two `main.py api` processes on one Redis: a session made on one is routed by the other,
+    and re-pinning it on one is honoured by the other's very next turn."""
     config = tmp_path / "gateway.yaml"
     config.write_text(
         json.dumps(
@@ -124,12 +125,17 @@ def test_a_second_api_process_honours_the_session(
         for base in bases:
             wait_until(lambda base=base: healthy(base + "/livez"), what="api process")
         session = _initiate(bases[0], model="secondary")
-        status, headers, _ = http(
-            "POST",
-            bases[1] + "/chat_completions",
-            {"session_id": session["session_id"], "message": "hi"},
-        )
+        turn = {"session_id": session["session_id"], "message": "hi"}
+        status, headers, _ = http("POST", bases[1] + "/chat_completions", turn)
         assert status == 200 and headers["x-router-model"] == "secondary"
+        # The second process now answers this session's turns from its pin cache; a re-pin on
+        # the first must reach it before the re-pin is answered (services/routing/pin_cache.py).
+        for model in ("primary", "secondary", "primary", "secondary"):
+            repinned = _initiate(bases[0], session_id=str(session["session_id"]), model=model)
+            assert repinned["model"] == model
+            routed = [http("POST", base + "/chat_completions", turn)[1]["x-router-model"]
+                      for base in (bases[1], bases[1], bases[0])]  # fmt: skip
+            assert routed == [model] * 3
     finally:
         for proc in procs:  # stop every process before asserting anything about how they ended
             proc.terminate()
