@@ -267,10 +267,13 @@ def upstream_client(settings: Settings) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=settings.upstream.max_connections, limit_per_host=0, ttl_dns_cache=300
     )
+    # No cookie jar: a cookie one provider sets (a load balancer's affinity, a bot-check token)
+    # must not ride along on every later request of every client of this process.
     return aiohttp.ClientSession(
         connector=connector,
         skip_auto_headers=("User-Agent",),
         auto_decompress=True,
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
 
 

@@ -103,6 +103,9 @@ class Behaviour:
     usage_on_last_chunk: bool = False
     models_status: int | None = None
     prefill: Literal["continue", "reject"] = "continue"
+    # Set a cookie on every answer, as a provider's load balancer does (the gateway must not
+    # send it back: /_sim/stats counts requests that carried one).
+    set_cookie: bool = False
 
     @classmethod
     def from_simulation(cls, sim: Simulation) -> Behaviour:
@@ -154,6 +157,7 @@ class SimulatedModelServer:
         self._ready_at = clock() + simulation.cold_start_seconds
         self.requests = 0
         self.failures = 0
+        self.with_cookie = 0
         self._ids = 0
 
     def app(self) -> web.Application:
@@ -202,7 +206,8 @@ class SimulatedModelServer:
 
     async def stats(self, _: web.Request) -> web.Response:
         """Counters tests use to see how many attempts reached this upstream."""
-        body = {"requests": self.requests, "failures": self.failures, "ready": self.ready}
+        body = {"requests": self.requests, "failures": self.failures, "ready": self.ready,
+                "requests_with_cookie": self.with_cookie}  # fmt: skip
         return web.json_response(body)
 
     async def get_behaviour(self, _: web.Request) -> web.Response:
@@ -224,7 +229,7 @@ class SimulatedModelServer:
     async def reset(self, _: web.Request) -> web.Response:
         """Counters to zero and behaviour back to the start-up settings."""
         self.restore()
-        self.requests = self.failures = 0
+        self.requests = self.failures = self.with_cookie = 0
         return web.json_response(asdict(self.behaviour))
 
     # -- protocol ------------------------------------------------------------------------------
@@ -280,6 +285,8 @@ class SimulatedModelServer:
 
     async def _serve(self, request: web.Request, *, openai_format: bool) -> web.StreamResponse:
         self.requests += 1
+        if "Cookie" in request.headers:
+            self.with_cookie += 1
         try:
             body = orjson.loads(await request.read())
             messages = body["messages"]
@@ -332,7 +339,10 @@ class SimulatedModelServer:
                 if openai_format
                 else anthropic_message(ident, model, text, usage)
             )
-            return web.Response(body=orjson.dumps(payload), content_type="application/json")
+            answer = web.Response(body=orjson.dumps(payload), content_type="application/json")
+            if behaviour.set_cookie:
+                answer.set_cookie("lb_affinity", ident)
+            return answer
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         events = (
             openai_events(ident, model, pieces, usage, include_usage, behaviour.usage_on_last_chunk)
@@ -342,6 +352,8 @@ class SimulatedModelServer:
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
+        if behaviour.set_cookie:
+            resp.set_cookie("lb_affinity", ident)
         await resp.prepare(request)
         # The client may go away mid-stream: normal for a streaming server.
         with contextlib.suppress(ConnectionResetError):

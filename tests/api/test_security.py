@@ -372,3 +372,25 @@ def test_an_upstream_that_echoes_our_credentials_leaks_nothing(
         p.read_bytes() for p in (tmp_path / "logs").glob("*.log")), what="the log line")  # fmt: skip
     logs = b"".join(p.read_bytes() for p in (tmp_path / "logs").glob("*.log"))
     assert UPSTREAM_KEY.encode() not in logs
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_cookie_is_not_sent_back_on_later_requests(
+    redis_url: str, primary: SimProcess, tmp_path: Path, stream: bool
+) -> None:
+    """A provider's load balancer sets a cookie on an answer to one client: no later request,
+    another client's included, carries it (the upstream pool has no cookie jar). The upstream
+    is named `localhost`: aiohttp's default jar ignores cookies of bare IP addresses."""
+    url = primary.openai_url.replace("127.0.0.1", "localhost")
+    settings = settings_for(redis_url, tmp_path / "logs", {"primary": openai_model(url, "p")},
+                            resilience={"health": {"enabled": False}})  # fmt: skip
+    primary.behave(set_cookie=True)
+    before = primary.stats()
+    with GatewayServer(create_app(settings, environ={})) as server:
+        for _ in range(3):
+            status, _, _ = http("POST", server.base + "/v1/chat/completions",
+                                {**TURN, "stream": stream})  # fmt: skip
+            assert status == 200
+    after = primary.stats()
+    assert after["requests"] - before["requests"] == 3
+    assert after["requests_with_cookie"] == before["requests_with_cookie"] == 0
