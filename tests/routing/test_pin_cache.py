@@ -92,10 +92,10 @@ class Replica:
     feed: asyncio.Task[None]
 
 
-async def until(predicate: Callable[[], bool], what: str, timeout: float = 10) -> None:
+async def until(predicate: Callable[[], bool], what: str, within: float = 10) -> None:
     """Wait for a condition a background task brings about (not for time to pass)."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110 - the feed's state; the product needs no Event
             await asyncio.sleep(0.005)
     assert predicate(), what
 
