@@ -23,17 +23,17 @@ from services.api.admin import routes as resilience_views
 from services.api.alert_views import routes as alert_views
 from services.api.auth import KeyRing
 from services.api.budget_views import routes as budget_views
-from services.api.chat import CHAT_ENDPOINTS, chat_routes
+from services.api.chat import CHAT_ENDPOINTS, chat_handlers, chat_routes
 from services.api.demo_views import routes as demo_views
 from services.api.ledger_views import routes as ledger_views
 from services.api.middleware import RequestContextMiddleware
 from services.api.openapi import document_lean_routes
 from services.api.ops import routes as ops_views
 from services.api.report_views import routes as report_views
-from services.api.responses import JSON
+from services.api.responses import JSON, error_response
 from services.config import Settings, load_settings
 from services.console.views import routes as console_views
-from services.errors import GatewayError, envelope, render
+from services.errors import GatewayError, envelope
 from services.gateway import GatewayRef, open_gateway
 from services.platform.logs import (
     AccessLog,
@@ -95,13 +95,15 @@ def create_app(
         max_header_bytes=settings.api.max_header_bytes,
         keys=keys,
         access_log=access_log,
+        direct=chat_handlers(ref),
     )
     _install_error_handlers(app)
     for views in (ops_views, resilience_views, ledger_views, report_views, budget_views,
                   demo_views, alert_views, console_views):  # fmt: skip
         app.include_router(views)
-    # First in the list: Starlette matches routes in order, and the request path should not pay
-    # for testing every admin and docs route before its own.
+    # The chat POSTs are dispatched by the middleware itself (`direct` above); their routes stay
+    # in the app for everything else (HEAD/GET answer 405, the OpenAPI page lists them). First in
+    # the list: Starlette matches routes in order.
     app.router.routes[:0] = chat_routes(ref)
     document_lean_routes(app, [(h.__doc__ or "", path, body) for h, path, body in CHAT_ENDPOINTS])
     return app
@@ -112,7 +114,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def gateway_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
-        return Response(render(exc), status_code=exc.status, headers=exc.headers, media_type=JSON)
+        return error_response(exc)
 
     async def http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)

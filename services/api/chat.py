@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, Protocol, TypeVar, overload
 
 import orjson
@@ -357,9 +357,16 @@ CHAT_ENDPOINTS: list[tuple[Any, str, type[BaseModel]]] = [
 ]
 
 
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def chat_handlers(parts: Parts) -> dict[str, Handler]:
+    """path -> its POST handler, given `parts`: what the middleware dispatches directly."""
+    return {path: functools.partial(handler, parts=parts) for handler, path, _ in CHAT_ENDPOINTS}
+
+
 def chat_routes(parts: Parts) -> list[Route]:
     """The request-path routes, each handler given `parts`."""
     return [
-        Route(path, functools.partial(handler, parts=parts), methods=["POST"])
-        for handler, path, _ in CHAT_ENDPOINTS
+        Route(path, handler, methods=["POST"]) for path, handler in chat_handlers(parts).items()
     ]

@@ -1,20 +1,28 @@
 """Pure-ASGI middleware: request id, API keys, header and body size limits, access line,
-last-resort error envelope.
+last-resort error envelope, and the chat routes' dispatch.
 
 Written as plain ASGI rather than Starlette's BaseHTTPMiddleware, which wraps every request in
-extra tasks and streams and costs a large share of the hot path's budget.
+extra tasks and streams and costs a large share of the hot path's budget. For the same reason the
+chat POSTs (`direct`: path -> handler) are called from here, not through the app: Starlette's
+exception middleware, router and per-route wrapper did nothing for them but cost about 4 % of a
+turn's instructions (bench/RESULTS.md). Their errors are rendered as the app's handler renders
+them; every other request, and any other method on those paths, goes through the app.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from loguru import logger
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.api.auth import Denied, KeyRing, required_role
-from services.errors import PayloadTooLarge, envelope
+from services.api.responses import error_response
+from services.errors import GatewayError, PayloadTooLarge, envelope
 from services.platform.logs import AccessLog, printable
 from services.platform.request_context import (
     accept_request_id,
@@ -36,8 +44,10 @@ class RequestContextMiddleware:
         max_header_bytes: int = 16384,
         keys: KeyRing | None = None,
         access_log: AccessLog | None = None,
+        direct: Mapping[str, Callable[[Request], Awaitable[Response]]] | None = None,
     ) -> None:
         self.app = app
+        self.direct = dict(direct or {})
         self.max_body_bytes = max_body_bytes
         self.max_header_bytes = max_header_bytes
         self.keys = keys or KeyRing([], None)
@@ -103,7 +113,11 @@ class RequestContextMiddleware:
             else:
                 caller_token = caller_var.set(verdict.key_id)
                 sees_all_token = sees_all_var.set(verdict.admin)
-                await self.app(scope, receive_limited, send_with_id)
+                handler = self.direct.get(scope["path"]) if scope["method"] == "POST" else None
+                if handler is None:
+                    await self.app(scope, receive_limited, send_with_id)
+                else:
+                    await _dispatch(handler, scope, receive_limited, send_with_id)
         except Exception:  # noqa: BLE001 - the last line of defence: no trace reaches a client
             # Anything that escaped the app's handlers: log it with the trace, answer a plain 500.
             logger.exception("unhandled error on {} {}", printable(scope["method"]),
@@ -123,6 +137,17 @@ class RequestContextMiddleware:
                 caller_var.reset(caller_token)
             if sees_all_token is not None:
                 sees_all_var.reset(sees_all_token)
+
+
+async def _dispatch(
+    handler: Callable[[Request], Awaitable[Response]], scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Call a chat handler and send its answer, or its error in the OpenAI envelope."""
+    try:
+        response = await handler(Request(scope, receive))
+    except GatewayError as exc:
+        response = error_response(exc)
+    await response(scope, receive, send)
 
 
 def _scan_headers(

@@ -8,6 +8,8 @@ from typing import Any
 import orjson
 from fastapi.responses import Response
 
+from services.errors import GatewayError, render
+
 JSON = "application/json"
 
 
@@ -16,3 +18,8 @@ def json_response(
 ) -> Response:
     """A JSON response serialised by orjson."""
     return Response(orjson.dumps(data), status_code=status, headers=headers, media_type=JSON)
+
+
+def error_response(error: GatewayError) -> Response:
+    """A GatewayError in the OpenAI envelope, with its status and headers (Retry-After...)."""
+    return Response(render(error), status_code=error.status, headers=error.headers, media_type=JSON)
