@@ -158,6 +158,7 @@ async def follow_invalidations(
     answers nothing for two of them is treated as lost. Any failure disarms the cache and the
     feed subscribes again after `retry_seconds`.
     """
+    last_why = ""
     while True:
         pubsub = None
         try:
@@ -170,13 +171,15 @@ async def follow_invalidations(
         except Exception as exc:  # noqa: BLE001 - whatever ends the feed must disarm the cache
             # (a client bug included: an armed cache with no feed would serve re-pinned
             # sessions their old pin).
-            why = type(exc).__name__
+            why = f"{type(exc).__name__}: {exc}"
         finally:
             if pubsub is not None:
                 with contextlib.suppress(*REDIS_ERRORS):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
-        if cache.armed:
-            logger.warning("session pin cache off until its feed is back ({})", why)
+        if cache.armed or why != last_why:  # once per cause, not once per retry
+            logger.warning("session pin cache off until its feed is back ({}); turns read their "
+                           "pin from Redis meanwhile", why)  # fmt: skip
+            last_why = why
         cache.disarm()
         await asyncio.sleep(retry_seconds)
 

@@ -27,6 +27,8 @@ from services.routing.pin_cache import PinCache
 
 # Returns 0 (another owner's), 2 (kept: replace=0), 1 (created) or 3 (re-pinned, and the id
 # published on ARGV[5] so that every process drops its cached pin: services/routing/pin_cache.py).
+# `pcall`: a Redis user without channel permissions (Redis 7's ACL default) still pins; its
+# processes cannot subscribe either, so none of them caches a pin that could go stale.
 PIN_LUA = """
 local current = redis.call('GET', KEYS[1])
 if current then
@@ -36,7 +38,7 @@ if current then
 end
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2], 'EX', ARGV[3])
 if current then
-  redis.call('PUBLISH', ARGV[5], ARGV[6])
+  redis.pcall('PUBLISH', ARGV[5], ARGV[6])
   return 3
 end
 return 1

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 import redis.asyncio as aioredis
+from loguru import logger
 
 from services.config.sections import SessionSettings
 from services.platform.redis_connection import (
@@ -225,3 +226,48 @@ async def test_re_pins_publish_on_the_embedded_fakeredis() -> None:
             assert await a.store.selector("s5", "k") == "model-b"
     finally:
         server.stop()
+
+
+@needs_redis_server
+async def test_a_redis_user_without_channel_rights_pins_and_caches_nothing() -> None:
+    """Redis 7's ACL default gives a new user no pub/sub channels: re-pins still succeed (Redis
+    stays in use, no fail-open), no feed arms, so every turn reads its pin from Redis and a
+    re-pin on one replica is honoured at once by the other."""
+    server = start_redis_server()
+    warnings: list[str] = []
+    sink = logger.add(warnings.append, level="WARNING", format="{message}")
+    try:
+        admin = async_client(server.url)
+        await admin.execute_command("ACL", "SETUSER", "gw", "on", ">gw-secret", "~pc:*",
+                                    "+@all", "resetchannels")  # fmt: skip
+        await admin.aclose()
+        url = server.url.replace("redis://", "redis://gw:gw-secret@")
+        stores, feeds, clients = [], [], []
+        for _ in range(2):
+            client = async_client(url)
+            gate = RedisGate(client)
+            store = SessionStore(client, gate, prefix="pc:", ttl_seconds=3600,
+                                 fallback_selector="default", cache=PinCache(60))  # fmt: skip
+            feeds.append(asyncio.create_task(follow_invalidations(
+                client, store.invalidation_channel, store.cache, retry_seconds=0.05)))  # fmt: skip
+            stores.append((store, gate))
+            clients.append(client)
+        (a, gate_a), (b, gate_b) = stores
+        await until(lambda: sum("NoPermissionError" in line for line in warnings) >= 2,
+                    "both feeds refused, and saying so")  # fmt: skip
+        assert await a.pin("s6", "model-a", "k")
+        for model in ("model-b", "model-a"):
+            assert await a.selector("s6", "k") in {"model-a", "model-b"}
+            assert await b.pin("s6", model, "k"), "the re-pin succeeds without PUBLISH rights"
+            assert await a.selector("s6", "k") == model, "A read Redis: nothing was cached"
+        assert gate_a.available and gate_b.available, "no fail-open"
+        assert not a.cache.armed and not b.cache.armed
+        for task in feeds:
+            task.cancel()
+        await asyncio.gather(*feeds, return_exceptions=True)
+        for client in clients:
+            await client.aclose()
+    finally:
+        logger.remove(sink)
+        server.stop()
+    assert sum("NoPermissionError" in line for line in warnings) == 2, "once per process, not per retry"
