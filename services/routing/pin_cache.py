@@ -4,6 +4,7 @@ A chat turn's only Redis round trip was its session's GETEX (read the pin, refre
 This cache answers a turn from memory instead when the same session was read less than
 `sessions.cache_seconds` ago, so a session's TTL is refreshed at most once per that interval per
 process (it expires between `ttl_seconds - cache_seconds` and `ttl_seconds` after its last turn).
+It holds the sessions read within the last `cache_seconds`, at most 100,000 (about 25 MB).
 
 Correct across replicas because every re-pin publishes the session id on one channel
 (`<prefix>session-pins`, from the same Lua script that writes the pin) and every process follows
@@ -61,6 +62,9 @@ class PinCache:
     def enabled(self) -> bool:
         return self.refresh_seconds > 0
 
+    def __len__(self) -> int:
+        return len(self._pins)
+
     def get(self, session_id: str) -> str | None:
         """The cached value, if the cache is armed and it was read within `refresh_seconds`."""
         if not self.armed:
@@ -78,9 +82,18 @@ class PinCache:
         taken (the read may have seen the pin from before a re-pin)."""
         if not self.armed or generation != self.generation or not self.enabled:
             return
-        if len(self._pins) >= self._max and session_id not in self._pins:
-            self._pins.pop(next(iter(self._pins)))
-        self._pins[session_id] = (value, self._clock())
+        pins, now = self._pins, self._clock()
+        pins.pop(session_id, None)  # re-inserted at the end: the dict stays in order of reads
+        # Drop what went stale at the front (two per store keeps up with any rate of stores),
+        # so the cache holds the sessions of the last `refresh_seconds`, not every one ever seen.
+        for _ in range(2):
+            oldest = next(iter(pins), None)
+            if oldest is None or now - pins[oldest][1] < self.refresh_seconds:
+                break
+            del pins[oldest]
+        if len(pins) >= self._max:
+            del pins[next(iter(pins))]
+        pins[session_id] = (value, now)
 
     def forget(self, session_id: str) -> None:
         """This process re-pinned `session_id`: drop it, and any read of it in flight."""

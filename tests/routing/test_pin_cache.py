@@ -79,6 +79,22 @@ def test_the_oldest_entry_goes_first_when_full() -> None:
     assert [cache.get(n) for n in ("a", "b", "c")] == [None, "k b", "k c"]
 
 
+def test_the_cache_holds_only_the_sessions_of_the_last_refresh_interval() -> None:
+    """Many sessions, each read once: stale entries leave as new ones arrive (memory follows
+    the sessions in use, not every session ever seen)."""
+    clock = Clock()
+    cache = PinCache(60, clock=clock)
+    cache.arm()
+    for n in range(10_000):
+        clock.now += 0.1  # 10 new sessions a second: 600 are within the last 60 s
+        cache.put(f"s{n}", "k model", cache.generation)
+    assert 600 <= len(cache) <= 602
+    cache.put("s9999", "k model", cache.generation)  # a re-read moves to the back
+    clock.now += 59.95
+    cache.put("new", "k model", cache.generation)
+    assert cache.get("s9999") == "k model"
+
+
 def test_a_pin_is_trusted_for_at_most_half_its_ttl() -> None:
     """A session in use is refreshed in Redis long before it could expire there."""
     assert SessionSettings().cache_refresh_seconds == 60
@@ -270,4 +286,6 @@ async def test_a_redis_user_without_channel_rights_pins_and_caches_nothing() -> 
     finally:
         logger.remove(sink)
         server.stop()
-    assert sum("NoPermissionError" in line for line in warnings) == 2, "once per process, not per retry"
+    assert sum("NoPermissionError" in line for line in warnings) == 2, (
+        "once per process, not per retry"
+    )
