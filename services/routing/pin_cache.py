@@ -217,4 +217,5 @@ async def _relay(pubsub: PubSub, cache: PinCache, ping_seconds: float) -> None:
         if kind == "subscribe":
             cache.arm()
         elif kind == "message":
-            cache.received(str(message["data"]))
+            for session_id in str(message["data"]).split():  # one id, or a write-back's many
+                cache.received(session_id)

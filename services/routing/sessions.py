@@ -44,6 +44,8 @@ end
 return 1
 """
 REPINNED = 3
+# Session ids per invalidation message when the pins of an outage are written back.
+ANNOUNCE_BATCH = 500
 # How long a re-pin waits for its own invalidation to come back through the feed (by then Redis
 # has sent it to every replica); normally well under a millisecond.
 DELIVERY_WAIT_SECONDS = 0.25
@@ -159,14 +161,20 @@ class SessionStore:
         if not self._local:
             return
         now = self._clock()
+        replaced: list[str] = []  # may overwrite pins other processes have cached
         async with self._redis.pipeline(transaction=False) as pipe:
             for session_id, (owner, selector, expires, replace) in self._local.items():
                 if expires > now:
                     ttl = max(1, int(expires - now))
                     pipe.set(self.key(session_id), f"{owner} {selector}", ex=ttl, nx=not replace)
-                    if replace:  # may overwrite a pin other processes have cached
-                        pipe.publish(self.invalidation_channel, session_id)
+                    if replace:
+                        replaced.append(session_id)
             await pipe.execute()
+        # Announced after the writes, outside the pipeline (a Cluster pipeline refuses PUBLISH),
+        # many ids per message (session ids hold no spaces).
+        for start in range(0, len(replaced), ANNOUNCE_BATCH):
+            batch = " ".join(replaced[start : start + ANNOUNCE_BATCH])
+            await self._redis.publish(self.invalidation_channel, batch)
         logger.info("wrote {} session pins made during the Redis outage", len(self._local))
         self._local.clear()
 

@@ -105,6 +105,7 @@ def test_a_pin_is_trusted_for_at_most_half_its_ttl() -> None:
 @dataclass
 class Replica:
     client: aioredis.Redis
+    gate: RedisGate
     store: SessionStore
     feed: asyncio.Task[None]
 
@@ -124,12 +125,13 @@ async def replicas(url: str, count: int, **feed: float) -> AsyncIterator[list[Re
     try:
         for _ in range(count):
             client = async_client(url)
-            store = SessionStore(client, RedisGate(client), prefix="pc:", ttl_seconds=3600,
+            gate = RedisGate(client)
+            store = SessionStore(client, gate, prefix="pc:", ttl_seconds=3600,
                                  fallback_selector="default", cache=PinCache(60))  # fmt: skip
             task = asyncio.create_task(
                 follow_invalidations(client, store.invalidation_channel, store.cache, **feed)
             )
-            made.append(Replica(client, store, task))
+            made.append(Replica(client, gate, store, task))
         await until(lambda: all(r.store.cache.armed for r in made), "every feed subscribed")
         yield made
     finally:
@@ -176,6 +178,28 @@ async def test_a_re_pin_waits_until_its_invalidation_was_delivered(
         assert not a.store.cache._waiting
         await pubsub.aclose()  # type: ignore[no-untyped-call]
         await watcher.aclose()
+
+
+async def test_a_re_pin_made_during_an_outage_is_announced_when_written_back(
+    topology_redis_url: str,
+) -> None:
+    """B re-pinned a session while it could not reach Redis (kept in B); when Redis answers
+    again B writes it back, and A, which had the old pin cached, drops it."""
+    async with replicas(topology_redis_url, 2) as (a, b):
+        sessions = ("s7", "s8")
+        for session_id in sessions:
+            assert await a.store.pin(session_id, "model-a", "k")
+            assert await a.store.selector(session_id, "k") == "model-a"
+        b.gate.mark_down(ConnectionError("test: B lost Redis"))
+        for session_id in sessions:
+            assert await b.store.pin(session_id, "model-b", "k"), "kept in B during the outage"
+        seen_by_a = [a.store.cache.expect(session_id) for session_id in sessions]
+        # (On a Cluster, PUBLISH inside the write-back's pipeline was refused: B stayed
+        # fail-open for good.)
+        assert await b.gate.check(), "Redis answers: B writes its pins back"
+        for session_id, seen in zip(sessions, seen_by_a, strict=True):
+            assert await a.store.cache.delivered(session_id, seen, 5), "one message, both ids"
+            assert await a.store.selector(session_id, "k") == "model-b"
 
 
 needs_redis_server = pytest.mark.skipif(
