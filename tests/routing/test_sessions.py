@@ -117,7 +117,10 @@ def test_a_second_api_process_honours_the_session(
             }
         )
     )
-    env = {"FR_REDIS_URL": redis_url, "FR_LOG_DIR": str(tmp_path / "logs")}
+    # The pin cache is on where the API does not write the ledger itself (gateway.py,
+    # pin_cache_seconds): as under `main.py all`, these processes only append their WAL.
+    env = {"FR_REDIS_URL": redis_url, "FR_LOG_DIR": str(tmp_path / "logs"),
+           "FR_LEDGER_WRITER": "external"}  # fmt: skip
     ports = [free_port(), free_port()]
     procs = [api_process(config, env, port) for port in ports]
     try:
