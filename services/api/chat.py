@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, Protocol, TypeVar, overload
 
 import orjson
@@ -32,7 +32,7 @@ from starlette.routing import Route
 from services.api import input_limits
 from services.api.budgets import Budgets
 from services.api.rate_limit import RateLimiter
-from services.api.responses import JSON, json_response
+from services.api.responses import JSON, Handler, json_response
 from services.api.schemas import (
     CHAT_COMPLETION,
     INITIATE_CALL,
@@ -355,9 +355,6 @@ CHAT_ENDPOINTS: list[tuple[Any, str, type[BaseModel]]] = [
     (chat_completions, "/chat_completions", SessionChatRequest),
     (openai_chat_completions, "/v1/chat/completions", ChatCompletionRequest),
 ]
-
-
-Handler = Callable[[Request], Awaitable[Response]]
 
 
 def chat_handlers(parts: Parts) -> dict[str, Handler]:

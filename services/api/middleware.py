@@ -12,16 +12,15 @@ them; every other request, and any other method on those paths, goes through the
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from loguru import logger
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.api.auth import Denied, KeyRing, required_role
-from services.api.responses import error_response
+from services.api.responses import Handler, error_response
 from services.errors import GatewayError, PayloadTooLarge, envelope
 from services.platform.logs import AccessLog, printable
 from services.platform.request_context import (
@@ -44,7 +43,7 @@ class RequestContextMiddleware:
         max_header_bytes: int = 16384,
         keys: KeyRing | None = None,
         access_log: AccessLog | None = None,
-        direct: Mapping[str, Callable[[Request], Awaitable[Response]]] | None = None,
+        direct: Mapping[str, Handler] | None = None,
     ) -> None:
         self.app = app
         self.direct = dict(direct or {})
@@ -139,9 +138,7 @@ class RequestContextMiddleware:
                 sees_all_var.reset(sees_all_token)
 
 
-async def _dispatch(
-    handler: Callable[[Request], Awaitable[Response]], scope: Scope, receive: Receive, send: Send
-) -> None:
+async def _dispatch(handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
     """Call a chat handler and send its answer, or its error in the OpenAI envelope."""
     try:
         response = await handler(Request(scope, receive))

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
 from fastapi.responses import Response
+from starlette.requests import Request
 
 from services.errors import GatewayError, render
 
 JSON = "application/json"
+# A route's handler: the request in, the response out (the chat POSTs are called as these).
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 def json_response(
