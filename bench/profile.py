@@ -89,9 +89,9 @@ def main() -> None:
         procs.append(start_nginx(workdir, upstream_port, sse=args.upstream == "sse"))
         config = write_config(workdir, upstream_port, api_port,
                               f"http://127.0.0.1:{upstream_port}/v1", "healthy")  # fmt: skip
-        api, base, session_id = start_gateway(workdir, redis.url, config, api_port, 1,
-                                              ledger=True)  # fmt: skip
-        procs.append(api)
+        api, writer, base, session_id = start_gateway(workdir, redis.url, config, api_port, 1,
+                                                      ledger=True)  # fmt: skip
+        procs.extend([writer, api] if writer else [api])
         script = workdir / "post.lua"
         script.write_text(WRK_SCRIPT)
         body = json.dumps({"session_id": session_id, "message": "Hello!"})

@@ -289,13 +289,17 @@ def start_gateway(
     workers: int,
     *,
     ledger: bool,
+    writer: str = "external",
     server: str = "uvicorn",
-) -> tuple[subprocess.Popen[bytes], str, str]:
+) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes] | None, str, str]:
     """`main.py api` on `config` with its ledger in `workdir` (schema migrated beforehand),
     answering; with a pinned session.
+    `writer="external"` (what `main.py all` runs) also starts `main.py ledger`, which inserts the
+    API's sealed WAL files; `"inline"` has the API write the database itself (`main.py api` alone
+    with `ledger.writer: auto`).
     `server="granian"` serves the same app factory with granian instead (an experiment: the
     HTTP guards of services/api/http_guard.py are uvicorn's). Returns the process, its base URL
-    and the session id."""
+    the writer process (or None), and the session id."""
     database_url = f"sqlite+aiosqlite:///{workdir / 'ledger.db'}"
     if ledger:
         # As on every start of a deployment but its first: the schema is current, so the API
@@ -308,6 +312,7 @@ def start_gateway(
         "FR_LEDGER_ENABLED": "true" if ledger else "false",
         "FR_DATABASE_URL": database_url,
         "FR_LEDGER_WAL_DIR": str(workdir / "wal"),
+        "FR_LEDGER_WRITER": writer,
     }
     argv = [sys.executable, str(ROOT / "main.py"), "api", "--workers", str(workers)]
     if server == "granian":
@@ -317,11 +322,17 @@ def start_gateway(
     api = subprocess.Popen(
         argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT
     )
+    writer_proc = None
+    if ledger and writer == "external":
+        writer_proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "main.py"), "ledger"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+        )  # fmt: skip
     base = f"http://127.0.0.1:{api_port}"
     wait_http(base + "/livez")
     req = urllib.request.Request(base + "/initiate_call", data=b"{}", method="POST")
     with urllib.request.urlopen(req) as resp:
-        return api, base, json.load(resp)["session_id"]
+        return api, writer_proc, base, json.load(resp)["session_id"]
 
 
 def main() -> None:
@@ -374,6 +385,13 @@ def main() -> None:
         default="on",
         help="record every request in the usage ledger (SQLite in the bench's temp dir) or not",
     )
+    parser.add_argument(
+        "--writer",
+        choices=["external", "inline"],
+        default="external",
+        help="who inserts the ledger's rows: a `main.py ledger` process (what `main.py all` runs; "
+        "its CPU is counted with the gateway's) or the API process itself",
+    )
     args = parser.parse_args()
     ensure_tools()
     workdir = Path(tempfile.mkdtemp(prefix="fr-bench-"))
@@ -385,10 +403,12 @@ def main() -> None:
         direct = f"http://127.0.0.1:{upstream_port}/v1"
         primary = direct if args.scenario == "healthy" else f"http://127.0.0.1:{free_port()}/v1"
         config = write_config(workdir, upstream_port, api_port, primary, args.scenario)
-        api, base, session_id = start_gateway(
+        api, writer, base, session_id = start_gateway(
             workdir, redis.url, config, api_port, args.workers,
-            ledger=args.ledger == "on", server=args.server,
+            ledger=args.ledger == "on", writer=args.writer, server=args.server,
         )  # fmt: skip
+        if writer:  # stopped after the API (stop_all goes newest first), as main.py all does
+            procs.append(writer)
         procs.append(api)
         script = workdir / "post.lua"
         script.write_text(WRK_SCRIPT)
@@ -396,9 +416,10 @@ def main() -> None:
             {"model": "bench-upstream", "messages": [{"role": "user", "content": "Hello!"}]}
         )
         gw_body = json.dumps({"session_id": session_id, "message": "Hello!"})
-        # (name, URL, body, pid whose process family's CPU is counted); direct: nginx itself
-        targets = [("direct", direct + "/chat/completions", direct_body, None),
-                   ("gateway", base + "/chat_completions", gw_body, api.pid)]  # fmt: skip
+        # (name, URL, body, pids whose process families' CPU is counted); direct: nginx itself
+        gateway_pids = [api.pid] + ([writer.pid] if writer else [])
+        targets = [("direct", direct + "/chat/completions", direct_body, []),
+                   ("gateway", base + "/chat_completions", gw_body, gateway_pids)]  # fmt: skip
         if "litellm" in args.peer:
             json_port, peer_port = free_port(), free_port()
             (workdir / "json-upstream").mkdir()
@@ -407,19 +428,20 @@ def main() -> None:
             procs.append(peer)
             wait_http(f"http://127.0.0.1:{peer_port}/health/liveliness", timeout=120)
             targets.append(("litellm", f"http://127.0.0.1:{peer_port}/chat/completions",
-                            direct_body, peer.pid))  # fmt: skip
+                            direct_body, [peer.pid]))  # fmt: skip
         for _, url, body, _ in targets:  # warm every path (connection pools, caches)
             wrk(url, body, 10, 2, script)
         runs: dict[tuple[str, int], list[dict[str, float]]] = {}
         for c in args.concurrency:
             for _ in range(args.repeats):  # interleaved, so drift hits every path alike
-                for name, url, body, pid in targets:
-                    before = cpu_seconds(pid) if pid else 0.0
+                for name, url, body, pids in targets:
+                    before = sum(cpu_seconds(pid) for pid in pids)
                     run = wrk(url, body, c, args.duration, script)
                     # CPU per request is far steadier than requests/s on a shared VM: it does
                     # not move when a neighbour steals cycles, so code changes are judged by it.
-                    if pid:
-                        run["cpu_us"] = (cpu_seconds(pid) - before) / run["requests"] * 1e6
+                    if pids:
+                        spent = sum(cpu_seconds(pid) for pid in pids) - before
+                        run["cpu_us"] = spent / run["requests"] * 1e6
                     runs.setdefault((name, c), []).append(run)
         results = {key: median_run(r) for key, r in runs.items()}
         # One uvicorn worker serves in the launcher's own process; several are its children
@@ -428,7 +450,8 @@ def main() -> None:
         workers = family(api.pid)[1:] if several else [api.pid]
         rss = max(rss_mb(pid) for pid in workers)
         print(
-            f"scenario: {args.scenario}; upstream {args.upstream}; ledger {args.ledger}; "
+            f"scenario: {args.scenario}; upstream {args.upstream}; ledger {args.ledger} "
+            f"({args.writer} writer); "
             f"median of {args.repeats} runs of "
             f"{args.duration}s; {args.workers} gateway worker(s); {os.cpu_count()} cores"
         )

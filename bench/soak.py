@@ -43,6 +43,13 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--interval", type=float, default=10, help="seconds between RSS samples")
+    parser.add_argument(
+        "--writer",
+        choices=["external", "inline"],
+        default="external",
+        help="who inserts the ledger's rows: a `main.py ledger` process (as under `main.py all`) "
+        "or the API process itself; the RSS sampled is the API worker's",
+    )
     args = parser.parse_args()
     ensure_tools()
     workdir = Path(tempfile.mkdtemp(prefix="fr-soak-"))
@@ -53,8 +60,10 @@ def main() -> None:
         procs.append(start_nginx(workdir, upstream_port, sse=True))
         config = write_config(workdir, upstream_port, api_port,
                               f"http://127.0.0.1:{upstream_port}/v1", "healthy")  # fmt: skip
-        api, base, session_id = start_gateway(workdir, redis.url, config, api_port, 1, ledger=True)
-        procs.append(api)
+        api, writer, base, session_id = start_gateway(
+            workdir, redis.url, config, api_port, 1, ledger=True, writer=args.writer
+        )
+        procs.extend([writer, api] if writer else [api])
         script = workdir / "post.lua"
         script.write_text(WRK_SCRIPT)
         seconds = int(args.minutes * 60)

@@ -97,8 +97,8 @@ def main() -> None:
         procs.append(start_nginx(workdir, upstream_port, stream=sse_body(args.tokens)))
         direct = f"http://127.0.0.1:{upstream_port}/v1"
         config = write_config(workdir, upstream_port, api_port, direct, "healthy")
-        api, base, _ = start_gateway(workdir, redis.url, config, api_port, 1, ledger=True)
-        procs.append(api)
+        api, writer, base, _ = start_gateway(workdir, redis.url, config, api_port, 1, ledger=True)
+        procs.extend([writer, api] if writer else [api])
         rows: dict[str, list[dict[str, float]]] = {"direct": [], "gateway": []}
         for _ in range(args.rounds):  # interleaved
             rows["direct"].append(asyncio.run(round_of(direct + "/chat/completions",
