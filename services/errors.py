@@ -233,6 +233,28 @@ class UpstreamProtocolError(UpstreamError):
     retryable = False
 
 
+class HTTPClientError(FallbackRoutingError):
+    """A transport failure of the outbound HTTP client (services/platform/http_client.py); the
+    adapters classify it as an `UpstreamError`, the alert sender as a failed delivery."""
+
+
+class HTTPConnectFailed(HTTPClientError):
+    """No connection could be opened (refused, unresolvable, TLS handshake failed)."""
+
+
+class HTTPDisconnected(HTTPClientError):
+    """The server closed the connection before its answer was complete."""
+
+
+class HTTPBadResponse(HTTPClientError):
+    """Not HTTP/1.1 the client can read: a parse error, headers over the limit, an unknown
+    content encoding."""
+
+
+class HTTPRequestRefused(HTTPClientError):
+    """A URL or header the client will not send (a CR or LF would split the request)."""
+
+
 def envelope(message: str, type_: str, code: str | None) -> bytes:
     """Render the OpenAI error envelope as JSON bytes."""
     body: dict[str, Any] = {"error": {"message": message, "type": type_, "code": code}}

@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import aiohttp
 import redis.asyncio as aioredis
 from loguru import logger
 
@@ -24,6 +23,7 @@ from services.ledger.cost_watch import watch_daily_cost
 from services.ledger.runtime import LedgerRuntime
 from services.ledger.switches import OperatorSwitches
 from services.ledger.usage import LedgerObserver, Metering
+from services.platform.http_client import HTTPClient
 from services.platform.metrics import Metrics
 from services.platform.redis_connection import async_client
 from services.platform.redis_gate import RedisGate
@@ -52,7 +52,7 @@ class Gateway:
     settings: Settings
     environ: Mapping[str, str]
     redis: aioredis.Redis
-    http: aiohttp.ClientSession
+    http: HTTPClient
     gate: RedisGate
     router: Router
     executor: ChainExecutor
@@ -277,19 +277,11 @@ def pin_cache_seconds(settings: Settings) -> float:
     return settings.sessions.cache_refresh_seconds
 
 
-def upstream_client(settings: Settings) -> aiohttp.ClientSession:
-    """The one keep-alive pool every adapter of this process shares."""
-    connector = aiohttp.TCPConnector(
-        limit=settings.upstream.max_connections, limit_per_host=0, ttl_dns_cache=300
-    )
-    # No cookie jar: a cookie one provider sets (a load balancer's affinity, a bot-check token)
-    # must not ride along on every later request of every client of this process.
-    return aiohttp.ClientSession(
-        connector=connector,
-        skip_auto_headers=("User-Agent",),
-        auto_decompress=True,
-        cookie_jar=aiohttp.DummyCookieJar(),
-    )
+def upstream_client(settings: Settings) -> HTTPClient:
+    """The one keep-alive pool every adapter of this process shares. It keeps no cookies: one
+    a provider sets (a load balancer's affinity, a bot-check token) must not ride along on
+    every later request of every client of this process."""
+    return HTTPClient(max_connections=settings.upstream.max_connections)
 
 
 def walk_parts(

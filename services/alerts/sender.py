@@ -20,12 +20,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import redis.asyncio as aioredis
 from loguru import logger
 
 from services.alerts.events import Alert, headers
 from services.config import AlertSettings, WebhookSettings
+from services.errors import HTTPClientError
+from services.platform.http_client import HTTPClient
 from services.platform.redis_gate import REDIS_ERRORS, RedisGate
 
 MAX_CONCURRENT = 8
@@ -60,7 +61,7 @@ class AlertSender:
         self._clock = clock
         self._sleep = sleep
         self._queue: asyncio.Queue[Alert] = asyncio.Queue(settings.queue_size)
-        self._session: aiohttp.ClientSession | None = None
+        self._http: HTTPClient | None = None
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
         self._tasks: set[asyncio.Task[None]] = set()
         self.counts = {"sent": 0, "failed": 0, "dropped": 0, "claimed_elsewhere": 0}
@@ -117,8 +118,8 @@ class AlertSender:
             await asyncio.wait(self._tasks, timeout=self._settings.timeout_seconds)
         for task in self._tasks:
             task.cancel()
-        if self._session is not None:
-            await self._session.close()
+        if self._http is not None:
+            await self._http.close()
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -161,21 +162,24 @@ class AlertSender:
 
     async def _attempt(self, webhook: WebhookSettings, alert: Alert) -> dict[str, Any]:
         """One POST; what came back."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
+        if self._http is None:
+            # The process's own client, not the upstreams' pool: a flood of alerts must not
+            # take connections from chat turns. Redirects are never followed.
+            self._http = HTTPClient(max_connections=16)
         body = alert.body()
         status, error = None, None
         try:
-            async with self._session.post(
-                webhook.url,
-                data=body,
-                allow_redirects=False,
-                headers=headers(alert, body, self._secret(webhook), self._clock()),
-                timeout=aiohttp.ClientTimeout(total=self._settings.timeout_seconds),
-            ) as resp:
+            async with asyncio.timeout(self._settings.timeout_seconds):
+                resp = await self._http.request(
+                    "POST", webhook.url, body=body,
+                    headers=headers(alert, body, self._secret(webhook), self._clock()),
+                )  # fmt: skip
                 status = resp.status
-                await resp.content.read(65_536)  # drain a little; the answer is not used
-        except (aiohttp.ClientError, TimeoutError) as exc:
+                try:
+                    await resp.read(65_536)  # drain a little; the answer is not used
+                finally:
+                    resp.release()
+        except (HTTPClientError, TimeoutError) as exc:
             error = type(exc).__name__
         ok = status is not None and 200 <= status < 300
         retryable = not ok and (status is None or status >= 500 or status in RETRYABLE)

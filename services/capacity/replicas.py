@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import aiohttp
 import redis.asyncio as aioredis
 from loguru import logger
 
 from services.capacity.gauges import PlannerGauges
 from services.capacity.state import LoadReporter, PublishedState, Replica, read_state
 from services.config import CapacityModel, Deployment, ScalerSettings, Settings
+from services.platform.http_client import HTTPClient
 from services.platform.metrics import Metrics
 from services.platform.redis_gate import REDIS_ERRORS, RedisGate
 from services.providers.base import Provider
@@ -20,9 +20,7 @@ from services.resilience.breaker_store import BreakerStore
 from services.resilience.health_monitor import HealthMonitor
 from services.routing.router import Router
 
-BuildProvider = Callable[
-    [str, Deployment, Settings, aiohttp.ClientSession, Mapping[str, str]], Provider
-]
+BuildProvider = Callable[[str, Deployment, Settings, HTTPClient, Mapping[str, str]], Provider]
 
 
 def replica_deployment(model: str, scaler: ScalerSettings, replica: Replica) -> Deployment:
@@ -48,7 +46,7 @@ class ReplicaRouting:
         router: Router,
         breakers: BreakerStore,
         health: HealthMonitor,
-        http: aiohttp.ClientSession,
+        http: HTTPClient,
         deployment_table: dict[str, tuple[str, Deployment]],
         metrics: Metrics,
         load: LoadReporter,

@@ -13,10 +13,10 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from services.errors import UpstreamHTTPError, UpstreamProtocolError, UpstreamStreamCut
+from services.platform.http_client import HTTPResponse
 from services.providers.base import (
     ChunkStream,
     HTTPAdapter,
@@ -235,9 +235,7 @@ class AnthropicProvider(HTTPAdapter):
         payload["stream"] = True
         return ResponseChunkStream(await self._post(payload), self._chunks)
 
-    async def _chunks(
-        self, resp: aiohttp.ClientResponse, out: ResponseChunkStream
-    ) -> AsyncIterator[Json]:
+    async def _chunks(self, resp: HTTPResponse, out: ResponseChunkStream) -> AsyncIterator[Json]:
         if is_json(resp):  # the server ignored `stream: true`
             raw = await read_json(resp, self.name, self._max_response)
             body = to_chat_completion(raw, self.name)

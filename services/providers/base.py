@@ -13,12 +13,13 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
 from services.config import ProbeSettings
 from services.errors import (
     RETRYABLE_STATUSES,
+    HTTPBadResponse,
+    HTTPClientError,
     UpstreamConnectError,
     UpstreamContentPolicy,
     UpstreamContextLength,
@@ -27,6 +28,7 @@ from services.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from services.platform.http_client import HTTPClient, HTTPResponse
 from services.platform.logs import printable
 from services.providers.shapes import clean_usage
 
@@ -76,8 +78,8 @@ class HTTPAdapter:
         base_url: str,
         upstream_model: str,
         api_key: str | None,
-        session: aiohttp.ClientSession,
-        timeout: aiohttp.ClientTimeout,
+        session: HTTPClient,
+        connect_timeout: float | None,
         probe: ProbeSettings | None = None,
         max_line_bytes: int = 1_048_576,
         max_response_bytes: int = 10_485_760,
@@ -91,7 +93,7 @@ class HTTPAdapter:
         self._probe_url = probe_url(base, self._probe.path, self.models_endpoint(base))
         self._headers = {"Content-Type": "application/json", **self.auth_headers(api_key)}
         self._session = session
-        self._timeout = timeout
+        self._connect_timeout = connect_timeout
         self._max_line = max_line_bytes
         self._max_response = max_response_bytes
         self._secrets = tuple(s for s in (api_key, *secrets) if s)
@@ -112,21 +114,22 @@ class HTTPAdapter:
         """Call the probe URL. With no `expect` list only an unreachable, timing-out or
         408/429/5xx-answering server fails: a 401 or 404 still proves it is up."""
         try:
-            async with self._session.request(
-                self._probe.method, self._probe_url, headers=self._headers
-            ) as resp:
-                await resp.read()
-                status = resp.status
-        except aiohttp.ClientError as exc:
+            resp = await self._session.request(
+                self._probe.method, self._probe_url, headers=self._headers,
+                connect_timeout=self._connect_timeout,
+            )  # fmt: skip
+        except HTTPClientError as exc:
             raise UpstreamConnectError(self.name, f"health probe: {type(exc).__name__}") from exc
+        status = resp.status
+        resp.close()  # the status is the answer; its body is not worth reading
         expect = self._probe.expect
         if (status not in expect) if expect else (status in RETRYABLE_STATUSES):
             raise UpstreamHTTPError(self.name, status, "health probe failed")
 
-    async def _post(self, payload: Json) -> aiohttp.ClientResponse:
+    async def _post(self, payload: Json) -> HTTPResponse:
         return await post(
             self._session, self.name, self._url, orjson.dumps(payload), self._headers,
-            self._timeout, self._secrets,
+            self._connect_timeout, self._secrets,
         )  # fmt: skip
 
 
@@ -214,50 +217,60 @@ def upstream_http_error(
 
 
 async def post(
-    session: aiohttp.ClientSession,
+    session: HTTPClient,
     deployment: str,
     url: str,
     body: bytes,
     headers: Mapping[str, str],
-    client_timeout: aiohttp.ClientTimeout,
+    connect_timeout: float | None,
     secrets: tuple[str, ...] = (),
-) -> aiohttp.ClientResponse:
+) -> HTTPResponse:
     """POST and return the response once its status is 2xx; classify every failure."""
     try:
-        resp = await session.post(url, data=body, headers=headers, timeout=client_timeout)
+        resp = await session.request(
+            "POST", url, headers=headers, body=body, connect_timeout=connect_timeout
+        )
     except TimeoutError as exc:
         raise UpstreamTimeout(deployment, "timed out before the response started") from exc
-    except aiohttp.ClientError as exc:
+    except HTTPBadResponse as exc:
+        raise UpstreamProtocolError(deployment, str(exc)) from exc
+    except HTTPClientError as exc:
         raise UpstreamConnectError(deployment, f"{type(exc).__name__}: {exc}") from exc
     if resp.status >= 300:
         try:
-            raw = await resp.content.read(64 * 1024)
-        except (TimeoutError, aiohttp.ClientError):
+            raw = await resp.read(64 * 1024)
+        except (TimeoutError, HTTPClientError):
             raw = b""
         finally:
             resp.close()  # not release(): the rest of a large error body is not worth reading
+        if resp.status < 400:  # redirects are not followed (docs/resilience.md)
+            location = resp.headers.get("location", "(no Location)")[:200]
+            text = f"redirected to {location}, not followed: set base_url to the final URL"
+            raw = orjson.dumps({"error": {"message": text}})
         raise upstream_http_error(deployment, resp.status, raw, resp.headers, secrets)
     return resp
 
 
-def is_json(resp: aiohttp.ClientResponse) -> bool:
+def is_json(resp: HTTPResponse) -> bool:
     """Whether the upstream answered one JSON document (it ignored ``stream: true``)."""
     return resp.content_type == "application/json"
 
 
-async def read_json(resp: aiohttp.ClientResponse, deployment: str, limit: int) -> Json:
+async def read_json(resp: HTTPResponse, deployment: str, limit: int) -> Json:
     """Read a whole JSON object of at most `limit` bytes, translating every failure."""
     parts: list[bytes] = []
     size = 0
     try:
-        async for block in resp.content.iter_any():
+        async for block in resp.iter_any():
             size += len(block)
             if size > limit:
                 raise UpstreamProtocolError(deployment, f"answer larger than {limit} bytes")
             parts.append(block)
     except TimeoutError as exc:
         raise UpstreamTimeout(deployment, "timed out reading the response") from exc
-    except aiohttp.ClientError as exc:
+    except HTTPBadResponse as exc:
+        raise UpstreamProtocolError(deployment, str(exc)) from exc
+    except HTTPClientError as exc:
         raise UpstreamConnectError(deployment, f"{type(exc).__name__}: {exc}") from exc
     try:
         data = orjson.loads(b"".join(parts))
@@ -273,8 +286,8 @@ class SSEParser:
 
     Implements the parts of the SSE grammar LLM APIs use: ``event:`` and (possibly several)
     ``data:`` lines, dispatched on a blank line; comments (``:``) and ``id:``/``retry:`` ignored.
-    Lines are split here rather than by aiohttp's ``readline``, whose own limit raises a bare
-    ValueError; a line longer than `max_line` is a protocol error. Synchronous, so that a block
+    Lines are split here, as the blocks arrive; a line longer than `max_line` is a protocol
+    error. Synchronous, so that a block
     holding many events costs one trip through the async machinery, not one per event.
     """
 
@@ -318,14 +331,14 @@ class SSEParser:
 
 
 async def sse_batches(
-    resp: aiohttp.ClientResponse, deployment: str, max_line: int, max_total: int = 10_485_760
+    resp: HTTPResponse, deployment: str, max_line: int, max_total: int = 10_485_760
 ) -> AsyncGenerator[list[tuple[str, bytes]], None]:
     """The (event, data) pairs of a text/event-stream body, a list per block received;
     transport errors are classified, and a body over `max_total` bytes is a protocol error."""
     parser = SSEParser(deployment, max_line)
     received = 0
     try:
-        async for block in resp.content.iter_any():
+        async for block in resp.iter_any():
             received += len(block)
             if received > max_total:
                 raise UpstreamProtocolError(deployment, f"answer larger than {max_total} bytes")
@@ -337,7 +350,9 @@ async def sse_batches(
             yield events
     except TimeoutError as exc:
         raise UpstreamTimeout(deployment, "stream stalled") from exc
-    except aiohttp.ClientError as exc:
+    except HTTPBadResponse as exc:
+        raise UpstreamProtocolError(deployment, str(exc)) from exc
+    except HTTPClientError as exc:
         raise UpstreamConnectError(deployment, f"stream broke: {type(exc).__name__}") from exc
 
 
@@ -346,8 +361,8 @@ class ResponseChunkStream:
 
     def __init__(
         self,
-        resp: aiohttp.ClientResponse,
-        translate: Callable[[aiohttp.ClientResponse, ResponseChunkStream], AsyncIterator[Json]],
+        resp: HTTPResponse,
+        translate: Callable[[HTTPResponse, ResponseChunkStream], AsyncIterator[Json]],
     ) -> None:
         self._resp = resp
         self.malformed = 0

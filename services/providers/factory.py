@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import aiohttp
-
 from services.config import Deployment, Settings
+from services.platform.http_client import HTTPClient
 from services.providers.anthropic import AnthropicProvider
 from services.providers.base import Provider
 from services.providers.openai import OpenAIProvider
@@ -16,12 +15,12 @@ def build_provider(
     name: str,
     deployment: Deployment,
     settings: Settings,
-    session: aiohttp.ClientSession,
+    session: HTTPClient,
     environ: Mapping[str, str],
 ) -> Provider:
     """The adapter of one deployment; its key is read from the env var the config names.
 
-    aiohttp bounds only the connect: how long an attempt may wait for its first token, or
+    The client bounds only the connect: how long an attempt may wait for its first token, or
     between two chunks, is the executor's (per deployment, within the walk's deadline)."""
     up = settings.upstream
     kwargs = {
@@ -29,7 +28,7 @@ def build_provider(
         "upstream_model": deployment.model,
         "api_key": environ.get(deployment.api_key_env) if deployment.api_key_env else None,
         "session": session,
-        "timeout": aiohttp.ClientTimeout(total=None, sock_connect=up.connect_timeout_seconds),
+        "connect_timeout": up.connect_timeout_seconds,
         "probe": deployment.probe,
         "max_line_bytes": up.max_line_bytes,
         "max_response_bytes": up.max_response_bytes,
@@ -40,7 +39,7 @@ def build_provider(
 
 
 def build_providers(
-    settings: Settings, session: aiohttp.ClientSession, environ: Mapping[str, str]
+    settings: Settings, session: HTTPClient, environ: Mapping[str, str]
 ) -> dict[str, list[Provider]]:
     """One adapter per configured deployment, by model (every model, even with none)."""
     providers: dict[str, list[Provider]] = {model: [] for model in settings.models}

@@ -12,10 +12,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-import aiohttp
 import orjson
 
 from services.errors import UpstreamHTTPError, UpstreamStreamCut
+from services.platform.http_client import HTTPResponse
 from services.providers.base import (
     ChunkStream,
     HTTPAdapter,
@@ -54,9 +54,7 @@ class OpenAIProvider(HTTPAdapter):
         resp = await self._post(payload)
         return ResponseChunkStream(resp, self._chunks)
 
-    async def _chunks(
-        self, resp: aiohttp.ClientResponse, out: ResponseChunkStream
-    ) -> AsyncIterator[Json]:
+    async def _chunks(self, resp: HTTPResponse, out: ResponseChunkStream) -> AsyncIterator[Json]:
         if is_json(resp):
             body = completion_ok(await read_json(resp, self.name, self._max_response), self.name)
             if "usage" in body:

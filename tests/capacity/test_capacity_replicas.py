@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import aiohttp
 import redis.asyncio as aioredis
 
 from services.capacity.policy import READY, STOPPING
 from services.capacity.replicas import ReplicaRouting
 from services.capacity.state import LoadReporter, PublishedModel, PublishedState, Replica
+from services.platform.http_client import HTTPClient
 from services.platform.metrics import Metrics
 from services.platform.redis_gate import RedisGate
 from services.providers.factory import build_provider, build_providers
@@ -37,7 +37,8 @@ async def test_a_stopped_replica_leaves_routing_the_views_and_redis(
         "scaler": {"kind": "process", "provider": "openai"}})  # fmt: skip
     redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
     gate, metrics = RedisGate(redis), Metrics()
-    async with aiohttp.ClientSession() as http:
+    http = HTTPClient()
+    try:
         providers = build_providers(settings, http, {})
         router = Router(settings, providers)
         breakers = BreakerStore(redis, gate, {}, prefix="fr:")
@@ -68,4 +69,6 @@ async def test_a_stopped_replica_leaves_routing_the_views_and_redis(
         routing.state = published(READY)  # ready again: routed again
         await routing.retire(routing.apply())
         assert REPLICA.name in breakers.names and REPLICA.name in table
+    finally:
+        await http.close()
     await redis.aclose()
