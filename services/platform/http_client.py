@@ -29,6 +29,7 @@ as it arrives. It is deliberately small:
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 import zlib
@@ -51,6 +52,8 @@ DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 # it). Bodies are always sent with a Content-Length, never chunked.
 STANDARD_HEADERS: Final = "Accept: */*\r\nAccept-Encoding: gzip, deflate\r\n"
 INFLATE_PIECE: Final = 65_536  # decompressed bytes handed over per step
+BAD_NAME: Final = re.compile(r"[\r\n\0: ]")
+BAD_VALUE: Final = re.compile(r"[\r\n\0]")  # each would end the header early
 
 
 class Headers(dict[str, str]):
@@ -320,18 +323,20 @@ class _Connection(asyncio.Protocol):
             self._header_list = []
             self._header_bytes = 0
             return
-        headers = Headers()
+        fields: dict[str, str] = {}
         for raw_name, raw_value in self._header_list:
             name = raw_name.decode("latin-1").lower()
             value = raw_value.decode("latin-1").strip()
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+            known = fields.get(name)
+            fields[name] = value if known is None else f"{known}, {value}"
         self._header_list = []
         self._ends_at_close = (
-            "content-length" not in headers
-            and "chunked" not in headers.get("transfer-encoding", "").lower()
+            "content-length" not in fields
+            and "chunked" not in fields.get("transfer-encoding", "").lower()
             and status not in (204, 304)
             and not self._head_only
         )
+        headers = Headers(fields)
         response = self._response = HTTPResponse(self, status, headers)
         if self._head_only:  # a HEAD answer has no body, whatever its Content-Length says
             response._finish()
@@ -553,7 +558,7 @@ def request_head(
     """The request line and headers; a CR, LF or NUL in a header would split the request."""
     lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{STANDARD_HEADERS}"]
     for name, value in headers.items():
-        if not name or any(c in name for c in "\r\n\0: ") or any(c in value for c in "\r\n\0"):
+        if not name or BAD_NAME.search(name) or BAD_VALUE.search(value):
             raise HTTPRequestRefused(f"header {name[:40]!r} holds a character HTTP forbids")
         lines.append(f"{name}: {value}\r\n")
     if length is not None:
