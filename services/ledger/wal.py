@@ -169,8 +169,10 @@ class Ledger:
 
     @property
     def full(self) -> bool:
-        """Whether memory holds `max_pending` records waiting for the database."""
-        return len(self.buffer) >= self._max_pending
+        """Whether memory holds `max_pending` records waiting for the database, counting those a
+        flush under way has taken (they return to the buffer if it fails: counted only in the
+        buffer, records appended meanwhile went past the bound)."""
+        return self.pending >= self._max_pending
 
     def refuses_new_turns(self) -> bool:
         """Whether a new turn must be refused: full, `when_full: refuse`, and nothing could be

@@ -3,6 +3,7 @@ writes. Whatever the disk does, every answered request ends up in the ledger exa
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -251,6 +252,28 @@ async def test_memory_is_bounded_spilling_to_the_wal_and_refusing_only_when_it_c
         await ledger.flush()
         assert sorted(await recorded_ids(engine)) == sorted(f"r{n}" for n in range(200))
         assert ledger.pending == 0 and ledger.problem() is None
+        await ledger.close()
+    await refused.dispose()
+
+
+async def test_records_a_flush_has_taken_count_against_the_bound(tmp_path: Path) -> None:
+    """While a flush runs, its batch is out of the buffer and returns to it if the flush fails.
+    Counted only in the buffer, records appended meanwhile went past `max_pending_records`, as
+    many as arrived during the flush (found by a gateway test that failed one run in seven)."""
+    refused = make_engine(f"postgresql+asyncpg://fr@127.0.0.1:{free_port()}/none")
+    with small_tmpfs(tmp_path / "disk", "256k") as disk:
+        fill(disk)  # nothing can be spilled to the WAL either
+        ledger = Ledger(refused, disk / "wal", max_pending=10, when_full="answer")
+        ledger.start()
+        ledger.append([record(n) for n in range(10)])
+        flushing = asyncio.create_task(ledger.flush())
+        for _ in range(3):
+            await asyncio.sleep(0)  # the flush takes the batch and waits for the database
+        assert ledger.buffer == [] and ledger.pending == 10 and ledger.full
+        ledger.append([record(10)])
+        assert ledger.dropped == 1, "answered unrecorded: the bound holds during the flush"
+        assert await flushing == 0
+        assert len(ledger.buffer) == 10 and ledger.pending == 10
         await ledger.close()
     await refused.dispose()
 
