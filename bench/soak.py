@@ -4,9 +4,9 @@
     .venv/bin/python bench/soak.py [--minutes 10] [--concurrency 50] [--interval 10]
 
 The same set-up as bench/run.py (nginx canned SSE upstream, private redis-server, `main.py api`
-with the ledger on SQLite, inline writer, its schema migrated before the gateway starts). Prints
-the RSS curve, then the growth from the end of the warm-up (the first fifth of the run) to the
-end.
+with the ledger on SQLite and `main.py ledger` inserting its WAL, or with `--writer inline` the
+API inserting it; the schema migrated before the gateway starts). Prints the API worker's RSS
+curve, then the growth from the end of the warm-up (the first fifth of the run) to the end.
 """
 
 from __future__ import annotations

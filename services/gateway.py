@@ -188,7 +188,7 @@ async def open_gateway(
     alerts = alert_sender(settings, environ, redis, gate, breakers, health)
     sessions = SessionStore(redis, gate, prefix=prefix, ttl_seconds=settings.sessions.ttl_seconds,
                             fallback_selector=settings.sessions.default_selector,
-                            cache=PinCache(pin_cache_seconds(settings)))  # fmt: skip
+                            cache=PinCache(settings.sessions.cache_refresh_seconds))  # fmt: skip
     if not await gate.check():
         logger.warning("Redis is not reachable at start: serving fail-open until it is")
     await breakers.sync()
@@ -260,21 +260,6 @@ def alert_sender(
         breakers.on_change = breaker_hook(alerts)
         health.on_change = health_hook(alerts)
     return alerts
-
-
-def pin_cache_seconds(settings: Settings) -> float:
-    """How long this API process trusts a session pin it read; 0 (off) while it writes the
-    ledger's database itself (`ledger.writer: inline`, or `auto` outside `main.py all`).
-
-    Measured, not understood: with the pin cache on, an API process that also runs the SQLite
-    inserts grew without bound under load (98 -> 322 MB in a 10-minute soak, anonymous memory,
-    Python's own allocations flat), and stayed flat with the cache off, with the ledger off, or
-    with the external writer (bench/RESULTS.md). Until the cause is found the cache is on only
-    where it was measured flat."""
-    ledger = settings.ledger
-    if ledger.enabled and ledger.writer != "external":
-        return 0.0
-    return settings.sessions.cache_refresh_seconds
 
 
 def upstream_client(settings: Settings) -> HTTPClient:

@@ -214,10 +214,11 @@ async def insert_records(engine: AsyncEngine, rows: Sequence[dict[str, Any]]) ->
     async with engine.begin() as conn:
         dialect = conn.dialect.name
         new_rows = await _insert_new(conn, rows)
+        step = slice_size(len(new_rows))
         totals: dict[tuple[date, str, str], list[int]] = {}
         for i, row in enumerate(new_rows):
-            if i % YIELD_EVERY == YIELD_EVERY - 1:
-                await asyncio.sleep(0)  # let the loop serve requests (see YIELD_EVERY)
+            if i % step == step - 1:
+                await asyncio.sleep(0)  # let the loop serve requests (see slice_size)
             if row["kind"] in BILLED_KINDS:
                 key = (row["day"], row["deployment"] or "", row["model"])
                 t = totals.setdefault(key, [0, 0, 0, 0])
@@ -254,19 +255,20 @@ async def insert_records(engine: AsyncEngine, rows: Sequence[dict[str, Any]]) ->
 
 RECORD_COLUMNS = tuple(c.name for c in records.columns)
 _TS, _DAY = RECORD_COLUMNS.index("ts"), RECORD_COLUMNS.index("day")
-# Rows per multi-row INSERT: 256 x 22 parameters stays under SQLite's 32,766 limit. The sqlite
-# thread binds a statement's parameters holding the GIL, and the event loop waits meanwhile, so
-# 64 rows would shorten the longest stall of a flush (about 0.9 ms instead of 1.7 per 1,000
-# records); but a worker flushing 64-row statements grew by 0.7 MB/s under load, for a reason
-# not found yet (bench/RESULTS.md). 256 stays until it is.
-SQLITE_CHUNK = 256
+# Rows per multi-row INSERT: 1,024 x 22 parameters stays under SQLite's 32,766 limit. Every
+# statement is a return to the event loop, which under load waits a whole pass of it: with
+# 64-row statements a worker grew by 0.7 MB/s, its flushes falling behind the requests they
+# recorded (the cause found on 2026-11-24, see MAX_SLICES). Larger statements hold the loop
+# longer while the sqlite thread binds them (about 1.7 ms per 1,000 records), and their prepared
+# forms cost more native memory (1.2 KB a row: the ladder of sqlite_chunks holds 2.4 MB).
+SQLITE_CHUNK = 1024
 
 
 def sqlite_chunks(rows: int) -> list[int]:
     """The statement sizes a flush of `rows` rows is cut into: full chunks, then the rest in
     powers of two (300 rows: 256, 32, 8, 4).
 
-    Only nine distinct statements therefore ever exist. The sqlite3 module keeps its last 128
+    Only eleven distinct statements therefore ever exist. The sqlite3 module keeps its last 128
     prepared statements, and a prepared multi-row INSERT holds about 1.2 KB of native memory per
     row: cut at any size, flushes of ever new sizes filled that cache with statements of
     hundreds of rows, and an inline writer's worker grew by 15 MB and kept creeping
@@ -296,18 +298,33 @@ def _sqlite_insert(rows: int) -> str:
 # thread can hold it longer: see SQLITE_CHUNK). Done in one go, a flush of a second's records
 # at 1,000 requests/s held the loop for about 5 ms (its row building), then 2 ms per statement.
 YIELD_EVERY = 64
+# ... but never more than this many returns per step of a flush. Under load every return to the
+# loop waits for a whole pass of it (every ready request runs first), so a flush that yielded
+# every 64 items in each of its three steps moved about 21 records per pass, while a pass at
+# concurrency 50 admits up to 50 new ones: the inline writer fell behind, its buffer grew
+# without bound (20,000+ records, flushes of 14 s, RSS +40 MB a minute) until
+# `max_pending_records` would refuse requests (bench/RESULTS.md, 2026-11-24). A large flush
+# therefore takes larger slices (a 20,000-record backlog: 2,500 items, some 30 ms of loop at a
+# time) and catches up in a bounded number of passes; a regular flush is unchanged.
+MAX_SLICES = 8
 T = TypeVar("T")
 R = TypeVar("R")
 
 
+def slice_size(items: int) -> int:
+    """Items a step of a flush of `items` handles between two returns to the event loop."""
+    return max(YIELD_EVERY, -(-items // MAX_SLICES))
+
+
 async def map_yielding(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
-    """`fn` over `items`, returning to the event loop every `YIELD_EVERY` items. The work stays
+    """`fn` over `items`, returning to the event loop every `slice_size` items. The work stays
     on the loop's thread: in another thread it would hold the GIL, and the loop would wait up to
     the interpreter's 5 ms switch interval to get it back."""
     out: list[R] = []
-    for start in range(0, len(items), YIELD_EVERY):
-        out.extend(fn(item) for item in items[start : start + YIELD_EVERY])
-        if start + YIELD_EVERY < len(items):
+    step = slice_size(len(items))
+    for start in range(0, len(items), step):
+        out.extend(fn(item) for item in items[start : start + step])
+        if start + step < len(items):
             await asyncio.sleep(0)
     return out
 
@@ -334,10 +351,12 @@ async def _insert_new(conn: Any, rows: Sequence[dict[str, Any]]) -> list[dict[st
     if conn.dialect.name == "sqlite":
         savepoint = await conn.begin_nested()
         inserted = start = 0
+        # Parameters for the whole flush first, in slices of the flush's size (not per chunk:
+        # that would be four returns to the loop per 256 rows again, see MAX_SLICES).
+        every = await map_yielding(_sqlite_params, rows)
         for size in sqlite_chunks(len(rows)):
-            chunk = rows[start : start + size]
+            params = tuple(itertools.chain.from_iterable(every[start : start + size]))
             start += size
-            params = tuple(itertools.chain.from_iterable(await map_yielding(_sqlite_params, chunk)))
             result = await conn.exec_driver_sql(_sqlite_insert(size), params)
             inserted += result.rowcount
         if inserted == len(rows):

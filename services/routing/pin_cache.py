@@ -18,8 +18,7 @@ sent the invalidation.
 
 What it does not see: a pin changed in Redis by something other than the gateway (an operator's
 SET, EXPIRE or FLUSHALL) is seen within `cache_seconds`. `cache_seconds: 0` turns the cache off
-(one GETEX per turn, as before); so does an API process that writes the ledger's database
-itself (services/gateway.py, `pin_cache_seconds`).
+(one GETEX per turn, as before).
 """
 
 from __future__ import annotations

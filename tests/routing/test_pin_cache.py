@@ -18,9 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 from loguru import logger
 
-from services.config import load_settings
 from services.config.sections import SessionSettings
-from services.gateway import pin_cache_seconds
 from services.platform.redis_connection import (
     async_client,
     redis_server_available,
@@ -102,21 +100,6 @@ def test_a_pin_is_trusted_for_at_most_half_its_ttl() -> None:
     assert SessionSettings().cache_refresh_seconds == 60
     assert SessionSettings(ttl_seconds=60).cache_refresh_seconds == 30
     assert SessionSettings(cache_seconds=0).cache_refresh_seconds == 0
-
-
-@pytest.mark.parametrize(
-    ("environ", "seconds"),
-    [({"FR_LEDGER_WRITER": "external"}, 60.0), ({"FR_LEDGER_ENABLED": "false"}, 60.0),
-     ({"FR_LEDGER_WRITER": "inline"}, 0.0), ({}, 0.0)],
-)  # fmt: skip
-def test_the_cache_is_off_where_the_api_writes_the_ledger_itself(
-    environ: dict[str, str], seconds: float
-) -> None:
-    """An API process that runs the SQLite inserts itself grew without bound with the cache on
-    (bench/RESULTS.md): there it is off. (`auto` is inline for a `main.py api` alone; `main.py
-    all` turns it into external before the API starts.)"""
-    settings = load_settings(environ=environ)
-    assert pin_cache_seconds(settings) == seconds
 
 
 @dataclass

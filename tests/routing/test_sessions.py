@@ -117,10 +117,10 @@ def test_a_second_api_process_honours_the_session(
             }
         )
     )
-    # The pin cache is on where the API does not write the ledger itself (gateway.py,
-    # pin_cache_seconds): as under `main.py all`, these processes only append their WAL.
-    env = {"FR_REDIS_URL": redis_url, "FR_LOG_DIR": str(tmp_path / "logs"),
-           "FR_LEDGER_WRITER": "external"}  # fmt: skip
+    # `main.py api` alone: each process writes the ledger's database itself (the inline writer),
+    # and its pin cache is on all the same (it was off there until the inline flush's backlog
+    # was bounded: services/ledger/db.py, MAX_SLICES).
+    env = {"FR_REDIS_URL": redis_url, "FR_LOG_DIR": str(tmp_path / "logs")}
     ports = [free_port(), free_port()]
     procs = [api_process(config, env, port) for port in ports]
     try:
@@ -131,6 +131,11 @@ def test_a_second_api_process_honours_the_session(
         turn = {"session_id": session["session_id"], "message": "hi"}
         status, headers, _ = http("POST", bases[1] + "/chat_completions", turn)
         assert status == 200 and headers["x-router-model"] == "secondary"
+        if redis_url.startswith("redis://"):  # counted on the standalone server (the cache's
+            feed = "fr:session-pins"  # switch does not depend on the topology)
+            with redis.Redis.from_url(redis_url) as client:  # both follow the feed: both on
+                wait_until(lambda: client.pubsub_numsub(feed) == [(feed.encode(), 2)],
+                           what="both pin caches following the feed")  # fmt: skip
         # The second process now answers this session's turns from its pin cache; a re-pin on
         # the first must reach it before the re-pin is answered (services/routing/pin_cache.py).
         for model in ("primary", "secondary", "primary", "secondary"):
