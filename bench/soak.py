@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,25 +76,35 @@ def main() -> None:
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         start = time.monotonic()
-        samples: list[tuple[float, float]] = [(0.0, rss_mb(api.pid))]
+        samples: list[tuple[float, float, str]] = [(0.0, rss_mb(api.pid), "-")]
         while load.poll() is None:
             time.sleep(args.interval)  # a benchmark's sampling period, not a test waiting
-            samples.append((time.monotonic() - start, rss_mb(api.pid)))
+            samples.append((time.monotonic() - start, rss_mb(api.pid), ledger_buffer(base)))
         out = load.communicate()[0]
         stats = json.loads(next(r for r in out.splitlines() if r.startswith("BENCH "))[6:])
         errors = stats["errors"] + stats["non2xx"]
         print(f"one worker, concurrency {args.concurrency}, {seconds} s: "
               f"{stats['requests']:.0f} requests, {errors:.0f} errors")  # fmt: skip
-        print("| seconds | RSS MB |")
-        print("|---|---|")
-        for at, rss in samples:
-            print(f"| {at:.0f} | {rss:.1f} |")
-        warm = next(rss for at, rss in samples if at >= seconds / 5)
+        print("| seconds | RSS MB | ledger records buffered, last flush ms |")
+        print("|---|---|---|")
+        for at, rss, ledger in samples:
+            print(f"| {at:.0f} | {rss:.1f} | {ledger} |")
+        warm = next(rss for at, rss, _ in samples if at >= seconds / 5)
         print(f"RSS after warm-up (t ≥ {seconds / 5:.0f} s): {warm:.1f} MB; at the end: "
               f"{samples[-1][1]:.1f} MB; growth {samples[-1][1] - warm:+.1f} MB; "
-              f"max {max(r for _, r in samples):.1f} MB")  # fmt: skip
+              f"max {max(r for _, r, _ in samples):.1f} MB")  # fmt: skip
     finally:
         stop_all(procs, redis, workdir)
+
+
+def ledger_buffer(base: str) -> str:
+    """The API's ledger backlog (/api/metrics): a writer that falls behind shows here first."""
+    try:
+        with urllib.request.urlopen(base + "/api/metrics", timeout=5) as resp:
+            data = json.load(resp)
+    except OSError as exc:
+        return f"unreadable ({type(exc).__name__})"
+    return f"{data['buffer_len']}, {data['last_flush_ms']}"
 
 
 if __name__ == "__main__":
