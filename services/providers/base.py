@@ -121,7 +121,12 @@ class HTTPAdapter:
         except HTTPClientError as exc:
             raise UpstreamConnectError(self.name, f"health probe: {type(exc).__name__}") from exc
         status = resp.status
-        resp.close()  # the status is the answer; its body is not worth reading
+        try:  # the status is the answer; a short body is read so the connection can be reused
+            await resp.read(65_536)
+        except HTTPClientError:
+            pass  # the status came back: a body cut short does not make the server unhealthy
+        finally:
+            resp.release()
         expect = self._probe.expect
         if (status not in expect) if expect else (status in RETRYABLE_STATUSES):
             raise UpstreamHTTPError(self.name, status, "health probe failed")

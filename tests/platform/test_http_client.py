@@ -24,6 +24,7 @@ from services.errors import (
 from services.platform.http_client import INFLATE_PIECE, HTTPClient, request_head
 from services.platform.redis_connection import free_port
 from services.providers.base import post
+from services.providers.openai import OpenAIProvider
 
 Answer = Callable[[int, bytes, asyncio.StreamWriter], Awaitable[bool]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
@@ -350,6 +351,19 @@ async def test_an_answer_that_is_not_http_is_a_protocol_error_for_the_adapters()
         with pytest.raises(UpstreamProtocolError, match="malformed HTTP"):
             await post(http, "dep", url, b"{}", {}, 1.0)
         assert http.connections == 0
+
+
+async def test_health_probes_reuse_their_connection() -> None:
+    """A probe reads the short answer to its end, so the next probe (TLS to a real provider)
+    does not open a new connection every interval."""
+    async with serving(keep_alive) as (server, url), client() as http:
+        provider = OpenAIProvider("dep", base_url=url.rsplit("/chat/completions", 1)[0],
+                                  upstream_model="m", api_key=None, session=http,
+                                  connect_timeout=1.0)  # fmt: skip
+        for _ in range(3):
+            await provider.probe()
+        assert len(server.requests) == 3 and server.connections == 1
+        assert server.requests[0].startswith(b"GET /v1/models HTTP/1.1")
 
 
 def self_signed(tmp_path: Path) -> tuple[Path, Path]:
