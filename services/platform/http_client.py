@@ -34,7 +34,7 @@ import ssl
 import time
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Final, cast, overload
 from urllib.parse import urlsplit
 
@@ -128,7 +128,7 @@ class HTTPResponse:
                 if self._inflater is None:
                     yield block
                 else:
-                    async for piece in self._inflate(block):
+                    for piece in self._inflate(block):
                         yield piece
             elif self._error is not None:
                 raise self._error
@@ -151,7 +151,7 @@ class HTTPResponse:
         self._blocks.clear()
         return block
 
-    async def _inflate(self, block: bytes) -> AsyncIterator[bytes]:
+    def _inflate(self, block: bytes) -> Iterator[bytes]:
         inflater = self._inflater
         assert inflater is not None
         data = block
@@ -219,14 +219,12 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self.closed = False
-        self.used = 0  # exchanges started on this connection
         self.idle_since = 0.0
         self.answered = False  # a byte of the current exchange's answer came back
         self._head_waiter: asyncio.Future[HTTPResponse] | None = None
         self._response: HTTPResponse | None = None
         self._header_list: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
-        self._status = 0
         self._ends_at_close = False
         self._reading_paused = False
         self._head_only = False
@@ -238,7 +236,6 @@ class _Connection(asyncio.Protocol):
     async def exchange(self, head: bytes, body: bytes, *, head_only: bool) -> HTTPResponse:
         """Send one request; return once its answer's status and headers arrived."""
         assert self.transport is not None
-        self.used += 1
         self.answered = False
         self._head_only = head_only
         self._may_keep = False
