@@ -241,17 +241,18 @@ async def post(
         raise UpstreamProtocolError(deployment, str(exc)) from exc
     except HTTPClientError as exc:
         raise UpstreamConnectError(deployment, f"{type(exc).__name__}: {exc}") from exc
-    if resp.status >= 300:
+    if 300 <= resp.status < 400:  # redirects are not followed (docs/resilience.md)
+        resp.close()
+        location = resp.headers.get("location", "(no Location)")[:200]
+        text = f"redirected to {location}, not followed: set base_url to the final URL"
+        raise UpstreamHTTPError(deployment, resp.status, redact(text, secrets))
+    if resp.status >= 400:
         try:
             raw = await resp.read(64 * 1024)
         except (TimeoutError, HTTPClientError):
             raw = b""
         finally:
             resp.close()  # not release(): the rest of a large error body is not worth reading
-        if resp.status < 400:  # redirects are not followed (docs/resilience.md)
-            location = resp.headers.get("location", "(no Location)")[:200]
-            text = f"redirected to {location}, not followed: set base_url to the final URL"
-            raw = orjson.dumps({"error": {"message": text}})
         raise upstream_http_error(deployment, resp.status, raw, resp.headers, secrets)
     return resp
 
