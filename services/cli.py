@@ -317,6 +317,7 @@ def ledger(config: ConfigOption = None) -> None:
     For `ledger.writer: external`; `main.py all` starts it (and, with `auto`, switches its API to
     external). Log: .logs/ledger_writer.log."""
     from services.ledger.db import make_engine
+    from services.ledger.runtime import registry_rows
     from services.ledger.writer import LedgerWriter
     from services.platform.logs import configure_logging
 
@@ -331,7 +332,8 @@ def ledger(config: ConfigOption = None) -> None:
     async def serve(stopping: asyncio.Event) -> None:
         engine = make_engine(settings.database.url)
         writer = LedgerWriter(engine, Path(settings.ledger.wal_dir),
-                              interval=settings.ledger.flush_interval_seconds)  # fmt: skip
+                              interval=settings.ledger.flush_interval_seconds,
+                              registry=registry_rows(settings))  # fmt: skip
         try:
             await writer.run(stopping)
         finally:

@@ -19,7 +19,6 @@ from services.capacity.replicas import ReplicaRouting
 from services.capacity.state import LoadReporter
 from services.config import Deployment, Settings
 from services.errors import GatewayError
-from services.ledger.cost_watch import watch_daily_cost
 from services.ledger.runtime import LedgerRuntime
 from services.ledger.switches import OperatorSwitches
 from services.ledger.usage import LedgerObserver, Metering
@@ -111,6 +110,10 @@ class Gateway:
             loops.append(self.alerts.run())
             if (self.ledger_runtime is not None and alerting.daily_cost_usd is not None
                     and self.alerts.wanted("cost.daily")):  # fmt: skip
+                # Reads the database: only this alert loads the database layer at start in a
+                # process with an external writer (services/ledger/runtime.py).
+                from services.ledger.cost_watch import watch_daily_cost
+
                 loops.append(watch_daily_cost(self.ledger_runtime.engine, self.alerts,
                                               alerting.daily_cost_usd,
                                               alerting.cost_check_interval_seconds))  # fmt: skip
@@ -207,8 +210,7 @@ async def open_gateway(
     )
     limiter = RateLimiter(redis, gate, settings.api.rate_limit, prefix=prefix)
     budgets = Budgets(redis, gate, settings, prefix=prefix, alerts=alerts)
-    engine = ledger_runtime.engine if ledger_runtime is not None else None
-    switches = OperatorSwitches(redis, gate, engine, disabled, prefix=prefix)
+    switches = OperatorSwitches(redis, gate, ledger_runtime, disabled, prefix=prefix)
     await switches.refresh()
     gateway = Gateway(
         settings=settings,

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from services.errors import LedgerUnavailable
 from services.ledger.runtime import LedgerRuntime
 from services.platform.request_context import caller_var, sees_all_var
@@ -38,6 +36,11 @@ def engine(parts: HasLedger) -> Any:
 
 
 async def query(coro: Any) -> Any:
+    """Await a report query; a database failure is 503 `ledger_unavailable`."""
+    # Imported here, not at the top: by the time a query runs its engine has loaded SQLAlchemy,
+    # and an API process must not load it before (services/ledger/runtime.py).
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         return await coro
     except SQLAlchemyError as exc:

@@ -23,7 +23,6 @@ from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
-from sqlalchemy.engine import make_url
 
 from services.api.json_routes import JsonBodyRoute
 from services.api.ledger_access import engine, own_key, query, scope
@@ -33,8 +32,6 @@ from services.api.provider_status import LIVE_STATUSES, live_status, provider_st
 from services.api.responses import json_response
 from services.config import TIERS, Deployment, Settings
 from services.errors import InvalidRequest, LedgerUnavailable, NotFound
-from services.ledger import db as ledger_db
-from services.ledger import reports
 from services.ledger.costs import cost_nanousd, usd
 from services.ledger.records import UsageRecord, record_id
 from services.ledger.runtime import LedgerRuntime
@@ -88,6 +85,9 @@ def known_deployment(parts: LedgerViewParts, name: str) -> None:
 async def providers(parts: Parts, days: Days = 7) -> Response:
     """The provider registry (priority, enabled, breaker settings) with live state, and seed
     002's status fields from the window's usage (the caller's own, for a client key)."""
+    from services.ledger import db as ledger_db  # imported on use: services/ledger/runtime.py
+    from services.ledger import reports
+
     rows = await query(ledger_db.provider_rows(engine(parts)))
     usage = usage_entries(
         await query(reports.usage_by_provider(engine(parts), days, api_key_id=own_key()))
@@ -110,6 +110,8 @@ async def metrics(parts: Parts, days: Days = 7, provider: str | None = None) -> 
     `provider` narrows to a deployment, a model or a provider kind."""
     if provider is not None:
         known(parts, provider)
+    from services.ledger import reports  # imported on use: services/ledger/runtime.py
+
     rows = await query(reports.usage_by_provider(engine(parts), days, provider, own_key()))
     return json_response({"days": days, "provider": provider, "scope": scope(),
                           "providers": usage_entries(rows)})  # fmt: skip
@@ -238,13 +240,13 @@ async def health(parts: Parts) -> Response:
     if runtime is None:
         return json_response({**routing, "enabled": False})
     ledger = runtime.state()
-    db_ok = await ledger_db.ping(runtime.engine)
+    db_ok = await runtime.database_ok()
     return json_response(
         {
             **routing,
             "enabled": True,
             "db_ok": db_ok,
-            "database": make_url(parts.settings.database.url).get_backend_name(),
+            "database": runtime.database_backend,
             "writer": ledger.writer,
             "buffer_len": ledger.buffer_len,
             "wal_size_bytes": ledger.wal_size_bytes,

@@ -17,7 +17,6 @@ from services.api.parts import gateway_parts
 from services.api.responses import json_response
 from services.capacity.replicas import ReplicaRouting
 from services.config import Settings
-from services.ledger import db as ledger_db
 from services.ledger.runtime import LedgerRuntime
 from services.platform.metrics import Metrics
 from services.platform.redis_gate import REDIS_ERRORS, RedisGate
@@ -115,7 +114,7 @@ async def health(parts: Parts) -> Response:
     redis_ok = await redis_answers(parts.gate)
     board, runtime = parts.breakers, parts.ledger_runtime
     ledger = runtime.state() if runtime is not None else None
-    db_ok = await ledger_db.ping(runtime.engine) if runtime is not None else False
+    db_ok = await runtime.database_ok() if runtime is not None else False
     models = {
         name: {"deployments": len(m.deployments), "local": m.local}
         for name, m in parts.settings.models.items()

@@ -25,8 +25,6 @@ from services.api.ledger_access import engine, own_key, query, scope
 from services.api.parts import gateway_parts
 from services.api.responses import json_response
 from services.config import Settings
-from services.ledger import db as ledger_db
-from services.ledger import reports
 from services.ledger.costs import cost_nanousd, savings, usd
 from services.ledger.forecast import project_month, window_days
 from services.ledger.runtime import LedgerRuntime
@@ -67,6 +65,8 @@ def per_deployment(billed: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 async def projection(parts: ReportParts, now: datetime) -> dict[str, Any]:
     """This UTC month's projected cost, and how it was reached."""
+    from services.ledger import reports  # imported on use: services/ledger/runtime.py
+
     rows = await query(reports.daily(engine(parts), window_days(now), own_key()))
     by_day: dict[date, int] = defaultdict(int)
     for row in rows:
@@ -96,6 +96,9 @@ async def costs(
 ) -> Response:
     """Total cost, local vs remote requests, savings against the reference model, the month-end
     projection; per deployment."""
+    from services.ledger import db as ledger_db  # imported on use: services/ledger/runtime.py
+    from services.ledger import reports
+
     rows = await query(reports.usage_by_provider(engine(parts), days, api_key_id=own_key()))
     billed = [r for r in rows if r["kind"] in ledger_db.BILLED_KINDS]
     by_provider = per_deployment(billed)
@@ -143,6 +146,8 @@ async def trends(
     request: Request, parts: Parts, days: Days = 30, format: FormatQuery = None
 ) -> Response:
     """Daily (UTC) requests, tokens and cost per deployment, oldest day first."""
+    from services.ledger import reports  # imported on use: services/ledger/runtime.py
+
     rows = await query(reports.daily(engine(parts), days, own_key()))
     by_day: dict[str, dict[str, dict[str, int]]] = {}
     for row in rows:

@@ -14,12 +14,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
-from sqlalchemy.exc import SQLAlchemyError
 
 from services.capacity.replicas import ReplicaRouting
 from services.capacity.state import read_timeline
 from services.config import TIERS, Deployment, Settings
-from services.ledger import reports
 from services.ledger.runtime import LedgerRuntime
 from services.platform.redis_gate import REDIS_ERRORS, RedisGate
 from services.resilience.breaker import OPEN
@@ -93,6 +91,12 @@ async def overview(parts: ConsoleParts) -> dict[str, Any]:
     calls: dict[str, list[tuple[float, bool]]] | None = None
     incidents: list[dict[str, Any]] = []
     if runtime is not None:
+        # Imported on use: a process with an external writer loads the database layer only
+        # once an operator looks (services/ledger/runtime.py).
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from services.ledger import reports
+
         now = time.time()
         try:
             calls = await reports.recent_calls(runtime.engine, now - LATENCY_WINDOW_SECONDS,

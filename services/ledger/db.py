@@ -29,6 +29,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
+# What a database call can fail with that is the database's fault (unreachable, refused, timed
+# out), not ours: callers catch these, keep their data and retry.
+DB_ERRORS = (sa.exc.SQLAlchemyError, OSError, asyncio.TimeoutError)
+
 metadata = sa.MetaData()
 
 providers = sa.Table(

@@ -4,13 +4,23 @@ recorded in the ledger database, shared with every process through Redis, and ap
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import redis.asyncio as aioredis
 from loguru import logger
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.ledger import db as ledger_db
-from services.ledger.wal import DB_ERRORS
 from services.platform.redis_gate import REDIS_ERRORS, RedisGate
+
+# A member of the Redis set that names no deployment: the switches were restored from the record.
+RESTORED = "*restored*"
+
+
+class SwitchRecord(Protocol):
+    """Where the switches outlive Redis (the ledger's database: services/ledger/runtime.py)."""
+
+    async def record_switch(self, name: str, enabled: bool) -> None: ...
+
+    async def disabled_deployments(self) -> set[str] | None: ...
 
 
 class OperatorSwitches:
@@ -20,21 +30,21 @@ class OperatorSwitches:
         self,
         redis: aioredis.Redis,
         gate: RedisGate,
-        engine: AsyncEngine | None,
+        record: SwitchRecord | None,
         disabled: set[str],
         *,
         prefix: str,
     ) -> None:
         self._redis = redis
         self._gate = gate
-        self._engine = engine
+        self._record = record
         self._disabled = disabled  # shared with the executor: changed in place
         self._key = prefix + "disabled"
 
     async def set_enabled(self, name: str, enabled: bool) -> None:
         """Switch a deployment on or off: database (the record), Redis (every process), here."""
-        if self._engine is not None:
-            await ledger_db.set_enabled(self._engine, name, enabled)
+        if self._record is not None:
+            await self._record.record_switch(name, enabled)
         (self._disabled.discard if enabled else self._disabled.add)(name)
         if self._gate.available:
             try:
@@ -47,19 +57,25 @@ class OperatorSwitches:
         )
 
     async def refresh(self) -> None:
-        """Take the operators' switches from Redis (or, at start, from the database)."""
+        """Take the operators' switches from Redis; restore them from the record first when Redis
+        has not got them (a new or restarted Redis: it keeps nothing on disk).
+
+        The set holds a marker once restored, so that "nothing is switched off" (a set emptied
+        by the last `srem`, which Redis deletes) is not mistaken for "Redis lost the switches",
+        and the record is read once per Redis start, not on every refresh."""
         fresh: set[str] | None = None
         if self._gate.available:
             try:
-                if self._engine is not None and not await self._redis.exists(self._key):
-                    names = await ledger_db.disabled_providers(self._engine)
-                    if names:
-                        await self._redis.sadd(self._key, *names)
-                fresh = {str(n) for n in await self._redis.smembers(self._key)}
+                members = {str(n) for n in await self._redis.smembers(self._key)}
+                if RESTORED not in members and self._record is not None:
+                    names = await self._record.disabled_deployments()
+                    if names is not None:  # None: the record cannot say yet; next refresh
+                        await self._redis.sadd(self._key, RESTORED, *names)
+                        members = {str(n) for n in await self._redis.smembers(self._key)}
+                members.discard(RESTORED)
+                fresh = members
             except REDIS_ERRORS as exc:
                 self._gate.mark_down(exc)
-            except DB_ERRORS:
-                pass
         if fresh is not None and fresh != self._disabled:
             self._disabled.clear()
             self._disabled.update(fresh)

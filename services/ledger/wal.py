@@ -30,12 +30,15 @@ Storage faults never lose a record while the process lives (docs/ledger.md, "Fau
   `answer` them unrecorded, counted in `dropped`.
 
 On start, every WAL file in `wal_dir` that no live process holds (each process keeps an flock on
-its own) is replayed and deleted: the same idempotent insert makes a second replay harmless.
+its own) is replayed and deleted (services/ledger/ingest.py): the same idempotent insert makes a
+second replay harmless.
 
 With `ledger.writer: external` the flush does not touch the database: it *seals* the WAL file
 (closes it, renamed `*.sealed`) and a separate process (`main.py ledger`, services/ledger/writer.py)
 ingests sealed and orphaned files with the same replay. The API process then only appends and
-renames, and the insert's CPU and GIL time are spent elsewhere.
+renames, and the insert's CPU and GIL time are spent elsewhere. Such a ledger has no engine,
+and this module imports the database layer only where it inserts, so an API process with an
+external writer does not load SQLAlchemy for it (services/ledger/handoff.py).
 """
 
 from __future__ import annotations
@@ -49,46 +52,16 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loguru import logger
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.ledger import db as ledger_db
-from services.ledger.records import UsageRecord, decode, encode
+from services.ledger.records import UsageRecord, encode
 
-DB_ERRORS = (SQLAlchemyError, OSError, asyncio.TimeoutError)
-
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 SEALED = ".sealed"
-
-
-async def ingest_unowned(
-    engine: AsyncEngine, wal_dir: Path, *, skip: set[Path] | None = None, quiet: bool = False
-) -> tuple[int, int]:
-    """Insert the records of every WAL file in `wal_dir` that no live process holds, deleting
-    each after its commit; (records read, records new). Sealed files are unowned by design."""
-    read = added = 0
-    # A listing of a handful of local files; not worth a thread hop.
-    for path in sorted(wal_dir.glob("wal-*")):  # noqa: ASYNC240
-        if skip and path in skip:
-            continue
-        try:
-            handle = path.open("rb")
-        except FileNotFoundError:
-            continue  # another process ingested it first
-        with handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a live process owns it
-            found = decode(handle.read(), path)
-            new = await ledger_db.insert_records(engine, [r.to_row() for r in found])
-            path.unlink(missing_ok=True)
-        read, added = read + len(found), added + new
-        if not quiet or new != len(found):
-            logger.info("ingested {} ({} records, {} new)", path.name, len(found), new)
-    return read, added
 
 
 class Ledger:
@@ -96,7 +69,7 @@ class Ledger:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: AsyncEngine | None,
         wal_dir: Path,
         *,
         flush_interval: float = 1.0,
@@ -107,6 +80,8 @@ class Ledger:
         when_full: str = "refuse",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if writes_database and engine is None:
+            raise ValueError("a ledger that writes the database needs its engine")
         self._engine = engine
         self._dir = wal_dir
         self._flush_interval = flush_interval
@@ -284,16 +259,19 @@ class Ledger:
             return 0
         if not self.writes_database:
             return self._seal()
+        from services.ledger import db as ledger_db  # loaded by the engine already: no cost
+
+        engine = self._database()
         batch, self.buffer = self.buffer, []
         rotated = self._try_rotate(".flushing")
         started = self._clock()
         self._inflight = len(batch)
         try:
             rows = await ledger_db.map_yielding(lambda record: record.to_row(), batch)
-            await ledger_db.insert_records(self._engine, rows)
+            await ledger_db.insert_records(engine, rows)
         except BaseException as exc:
             self.buffer = batch + self.buffer
-            if not isinstance(exc, DB_ERRORS):
+            if not isinstance(exc, ledger_db.DB_ERRORS):
                 raise
             if self.db_ok:
                 logger.error("ledger flush failed ({}); {} records kept in the WAL and retried",
@@ -322,11 +300,21 @@ class Ledger:
 
     async def replay(self) -> int:
         """Insert the records of every unowned WAL file in the directory, then delete it."""
-        _, added = await ingest_unowned(self._engine, self._dir, skip={self._path, *self._aside})
+        from services.ledger.ingest import ingest_unowned
+
+        skip = {self._path, *self._aside}
+        _, added = await ingest_unowned(self._database(), self._dir, skip=skip)
         return added
+
+    def _database(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("this ledger has no database: an external writer inserts for it")
+        return self._engine
 
     async def _ingest_spilled(self) -> int | None:
         """Commit the files spilled out of memory; None while the database is down."""
+        from services.ledger.db import DB_ERRORS
+
         try:
             added = await self.replay()
         except DB_ERRORS as exc:

@@ -5,10 +5,13 @@ inserts every sealed or orphaned file into the database and deletes it after the
 the insert here took it off the request-serving processes: on a 2-core machine the inline flush
 cost the API 10-20 % of its throughput (bench/RESULTS.md, issue 4).
 
-It reports through a small JSON file next to the WAL files, `writer-status.json`, which the API
-reads for `/health` (`last_flush_ms`, `last_db_write`, whether the writer is alive). Several
-writers on one directory are harmless: each file is taken under an flock and inserts are
-idempotent.
+It also does the rest of the database work an inline API process would do for itself, so that an
+API process with an external writer never loads the database layer while it serves traffic: it
+migrates the schema, registers the configured deployments, inserts the health snapshots the API
+processes leave next to their WAL files, and reports in `writer-status.json` (which the API reads
+for `/health`) which deployments the database records as switched off (services/ledger/handoff.py).
+Several writers on one directory are harmless: each WAL file is taken under an flock and inserts
+are idempotent.
 """
 
 from __future__ import annotations
@@ -17,55 +20,20 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-import orjson
 from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ledger import db as ledger_db
-from services.ledger.wal import DB_ERRORS, ingest_unowned
+from services.ledger.db import DB_ERRORS
+from services.ledger.handoff import WriterStatus, read_status, write_status
+from services.ledger.ingest import ingest_health, ingest_unowned
 
-STATUS_FILE = "writer-status.json"
-
-
-@dataclass(frozen=True, slots=True)
-class WriterStatus:
-    """What the writer last did, as the API reads it."""
-
-    pid: int
-    heartbeat: float  # time.time() of the last pass
-    interval_seconds: float
-    db_ok: bool
-    last_flush_ms: float | None = None
-    last_db_write: str | None = None  # ISO 8601, UTC
-
-    def alive(self, now: float) -> bool:
-        """Passes are `interval_seconds` apart; three missed ones (or 10 s) mean it is gone."""
-        return now - self.heartbeat <= max(3 * self.interval_seconds, 10.0)
-
-    @property
-    def last_db_write_at(self) -> datetime | None:
-        return datetime.fromisoformat(self.last_db_write) if self.last_db_write else None
-
-
-def read_status(wal_dir: Path) -> WriterStatus | None:
-    """The writer's last report, or None when there is none (or it is unreadable)."""
-    try:
-        return WriterStatus(**orjson.loads((wal_dir / STATUS_FILE).read_bytes()))
-    except (OSError, orjson.JSONDecodeError, TypeError):
-        return None
-
-
-def write_status(wal_dir: Path, status: WriterStatus) -> None:
-    """Replace the status file atomically (write aside, rename), so a reader never sees half."""
-    target = wal_dir / STATUS_FILE
-    aside = target.with_suffix(f".{os.getpid()}.tmp")
-    aside.write_bytes(orjson.dumps(asdict(status)))
-    os.replace(aside, target)
+__all__ = ["LedgerWriter", "WriterStatus", "read_status"]
 
 
 class LedgerWriter:
@@ -77,10 +45,13 @@ class LedgerWriter:
         wal_dir: Path,
         *,
         interval: float = 1.0,
+        registry: Sequence[dict[str, Any]] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._engine = engine
         self._dir = wal_dir
+        self._registry = registry  # the configured deployments (services/ledger/runtime.py)
+        self._disabled: list[str] | None = None
         self._interval = interval
         self._clock = clock
         self.db_ok = True
@@ -89,11 +60,13 @@ class LedgerWriter:
         self.ingested = 0
 
     async def start(self) -> bool:
-        """Create the directory and bring the schema to head (under the migration lock); False
-        while the database cannot be reached."""
+        """Create the directory, bring the schema to head (under the migration lock) and register
+        the configured deployments; False while the database cannot be reached."""
         self._dir.mkdir(parents=True, exist_ok=True)
         try:
             await ledger_db.migrate(self._engine, self._dir)
+            if self._registry:
+                await ledger_db.sync_providers(self._engine, self._registry)
             self.last_db_write = await ledger_db.last_write(self._engine)
         except DB_ERRORS as exc:
             if self.db_ok:
@@ -106,11 +79,14 @@ class LedgerWriter:
         return True
 
     async def ingest_once(self) -> int:
-        """One pass over the directory; the records it added. A database failure leaves the
-        files where they are for the next pass."""
+        """One pass over the directory (WAL files, then health snapshots) and a fresh read of
+        the operator switches; the records it added. A database failure leaves the files where
+        they are for the next pass."""
         started = self._clock()
         try:
             read, added = await ingest_unowned(self._engine, self._dir, quiet=True)
+            await ingest_health(self._engine, self._dir)
+            self._disabled = sorted(await ledger_db.disabled_providers(self._engine))
         except DB_ERRORS as exc:
             if self.db_ok:
                 logger.error("ledger writer: database write failed ({}); files kept, retrying",
@@ -137,6 +113,7 @@ class LedgerWriter:
             db_ok=self.db_ok,
             last_flush_ms=self.last_flush_ms,
             last_db_write=last.isoformat() if last else None,
+            disabled=self._disabled,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
