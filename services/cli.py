@@ -318,7 +318,8 @@ def ledger(config: ConfigOption = None) -> None:
     external). Log: .logs/ledger_writer.log."""
     from services.ledger.db import make_engine
     from services.ledger.runtime import registry_rows
-    from services.ledger.writer import LedgerWriter
+    from services.ledger.writer import CatchUp, LedgerWriter
+    from services.platform.idle_lane import IdleLane, idle_priority_available
     from services.platform.logs import configure_logging
 
     settings, _, _ = _load(config)
@@ -328,16 +329,37 @@ def ledger(config: ConfigOption = None) -> None:
 
         logger.warning("ledger.writer is 'inline': the API processes write the database "
                        "themselves; this writer only ingests orphaned WAL files")  # fmt: skip
+    wal_dir = Path(settings.ledger.wal_dir)
+    interval = settings.ledger.flush_interval_seconds
+
+    def new_writer() -> LedgerWriter:
+        return LedgerWriter(make_engine(settings.database.url), wal_dir, interval=interval,
+                            registry=registry_rows(settings))  # fmt: skip
+
+    async def routine(stop: asyncio.Event) -> None:
+        writer = new_writer()
+        try:
+            await writer.run(stop)
+        finally:
+            await writer.engine.dispose()
 
     async def serve(stopping: asyncio.Event) -> None:
-        engine = make_engine(settings.database.url)
-        writer = LedgerWriter(engine, Path(settings.ledger.wal_dir),
-                              interval=settings.ledger.flush_interval_seconds,
-                              registry=registry_rows(settings))  # fmt: skip
+        if not (settings.ledger.writer_idle_priority and idle_priority_available()):
+            await routine(stopping)
+            return
+        # Routine passes at idle priority on a thread of their own; this (normal-priority)
+        # thread steps in when they fall behind (services/platform/idle_lane.py).
+        lane = IdleLane("ledger-writer")
+        lane.start(routine)
+        writer = new_writer()
         try:
-            await writer.run(stopping)
+            catch_up = CatchUp(writer, wal_dir, lane_running=lambda: lane.running,
+                               behind_after=max(5.0, 5 * interval))  # fmt: skip
+            await catch_up.run(stopping)
         finally:
-            await engine.dispose()
+            if not await asyncio.to_thread(lane.stop, 30.0):
+                await writer.ingest_once()  # the lane's last pass could not run: do it here
+            await writer.engine.dispose()
 
     _run_until_signal(serve)
 

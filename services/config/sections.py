@@ -227,6 +227,11 @@ class LedgerSettings(Section):
     # request path (docs/ledger.md); it needs that writer running. auto: external under
     # `main.py all` (which runs the writer), inline for a standalone `main.py api`.
     writer: Literal["auto", "inline", "external"] = "auto"
+    # The external writer inserts at idle CPU priority, so that its once-a-second burst never
+    # takes a core from the processes serving requests (at normal priority it doubled the API's
+    # p99 at concurrency 1: bench/RESULTS.md); when it falls behind (a saturated machine), it
+    # catches up at normal priority. false: always normal priority.
+    writer_idle_priority: bool = True
     # os.write reaches the kernel before the response does, which survives SIGKILL; fsync also
     # survives a power cut, at the price of a disk flush per request.
     fsync: bool = False
