@@ -8,8 +8,9 @@ small files next to the WAL files instead:
 - `writer-status.json`, written by the writer every pass: whether it is alive, its last flush and
   database write (for `/health`), and which deployments the database records as switched off by
   an operator (so an API process can restore the switches to a Redis that lost them);
-- `health-<pid>-<n>.json`, written by an API process every `ledger.health_snapshot_seconds`: its
-  deployments' breaker and health rows, which the writer inserts and deletes.
+- `health-<pid>-<token>-<n>.json`, written by an API process every
+  `ledger.health_snapshot_seconds`: its deployments' breaker and health rows, which the writer
+  inserts and deletes.
 
 Every file is replaced or created atomically (written aside, then renamed), so a reader never
 sees half of one. This module touches no database.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -31,6 +33,9 @@ STATUS_FILE = "writer-status.json"
 HEALTH_GLOB = "health-*.json"
 
 _health_files = itertools.count()
+# A process id repeats (every container's first process is pid 1): a file a restarted process
+# names must not replace one its predecessor left for the writer.
+_health_token = uuid.uuid4().hex[:8]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +75,7 @@ def write_status(wal_dir: Path, status: WriterStatus) -> None:
 
 def write_health(wal_dir: Path, rows: Sequence[dict[str, Any]]) -> Path:
     """Leave one health snapshot (rows of `health_snapshots`) for the writer; its path."""
-    path = wal_dir / f"health-{os.getpid()}-{next(_health_files)}.json"
+    path = wal_dir / f"health-{os.getpid()}-{_health_token}-{next(_health_files)}.json"
     _write_atomically(path, orjson.dumps(list(rows)))
     return path
 
