@@ -14,10 +14,15 @@ from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 from loguru import logger
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
-# What a Redis call raises when the server is unreachable, slow or gone.
-REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+# What a Redis call raises when the server is unreachable, slow or gone. redis-py's Cluster
+# client raises RedisClusterException, which is not a RedisError, when no node answers ("Redis
+# Cluster cannot be connected") or slots are uncovered: every turn answered 500 while a whole
+# Cluster was down (tests/scaleout/test_cluster_node_loss.py). The same class also reports
+# client misuse (a multi-key command across slots); that fails open too, and the gate's warning
+# names its class, as it does for every error that turns Redis off.
+REDIS_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 
 class RedisGate:

@@ -84,3 +84,36 @@ def test_replicas_answer_through_the_loss_of_a_cluster_node_and_resume_after(
     finally:
         codes = [replica.stop() for replica in replicas]
     assert codes == [0, 0, 0]
+
+
+def test_a_replica_answers_when_the_whole_cluster_is_gone_and_resumes_after(
+    cluster: ClusterSet, primary: SimProcess, secondary: SimProcess, tmp_path: Path
+) -> None:
+    """Every node SIGKILLed: redis-py's Cluster client then raises RedisClusterException ("cannot
+    be connected"), not a RedisError, on every call. It is a lost Redis like any other: turns
+    answer fail-open, and shared state resumes once the nodes are back."""
+    env = {"FR_REDIS_URL": cluster.url, "FR_LOG_DIR": str(tmp_path / "logs")}
+    (replica,) = start_replicas(1, gateway_config(tmp_path, primary, secondary), env, tmp_path)
+    try:
+        session = json.loads(http("POST", replica.base + "/initiate_call",
+                                  {"model": "secondary"})[2])["session_id"]  # fmt: skip
+        for node in cluster.nodes:
+            node.kill()
+        turns = [http("POST", replica.base + "/chat_completions",
+                      {"session_id": session, "message": "hi"}) for _ in range(5)]  # fmt: skip
+        assert [status for status, _, _ in turns] == [200] * 5, turns[0][2][:300]
+        assert replica.get("/readyz")["redis_ok"] is False
+        assert http("POST", replica.base + "/initiate_call", {"model": "secondary"})[0] == 200
+        for node in cluster.nodes:
+            node.restart()
+        wait_until(cluster.healthy, timeout=30, what="the cluster to agree again")
+        wait_until(lambda: replica.get("/readyz")["redis_ok"], timeout=30,
+                   what="the replica back on shared state")  # fmt: skip
+        fresh = json.loads(http("POST", replica.base + "/initiate_call",
+                                {"model": "secondary"})[2])["session_id"]  # fmt: skip
+        status, headers, _ = http("POST", replica.base + "/chat_completions",
+                                  {"session_id": fresh, "message": "hi"})  # fmt: skip
+        assert status == 200 and headers["x-router-model"] == "secondary"
+    finally:
+        code = replica.stop()
+    assert code == 0
