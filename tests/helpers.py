@@ -29,6 +29,16 @@ ROOT = Path(__file__).resolve().parent.parent
 MAIN = str(ROOT / "main.py")
 
 
+class FakeClock:
+    """A clock the test moves (`now`), for time-based logic: no test sleeps to let time pass."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def http(method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None,
          raw: bytes | None = None, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
     """A plain HTTP call that returns (status, headers, body) for any status."""

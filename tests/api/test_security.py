@@ -20,6 +20,7 @@ from services.platform.redis_gate import RedisGate
 from services.platform.redis_topology import async_redis
 from services.routing.turn import TurnRecord
 from tests.helpers import (
+    FakeClock,
     GatewayServer,
     SimProcess,
     http,
@@ -147,20 +148,12 @@ def test_rate_limit_answers_429_with_retry_after_per_key(secured: GatewayServer)
     assert http("POST", url, TURN, bearer(OTHER_CLIENT_KEY))[0] == 200
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_limits_recover_in_the_next_window_count_tokens_and_fail_open(
     topology_redis_url: str,
 ) -> None:
     client = async_redis(topology_redis_url, timeout=5)
     gate = RedisGate(client)
-    clock = Clock(1_800_000_000.0)  # the start of a minute
+    clock = FakeClock(1_800_000_000.0)  # the start of a minute
     limiter = RateLimiter(client, gate, RateLimitSettings(requests_per_minute=2,
                           tokens_per_minute=100), prefix="t:", clock=clock)  # fmt: skip
     assert await limiter.admit("k") is None and await limiter.admit("k") is None

@@ -32,20 +32,13 @@ from services.config import AlertSettings, ScalerSettings, Settings
 from services.platform.redis_topology import async_redis
 from services.routing.turn import TurnRecord
 from tests.alerts.receiver import Receiver
+from tests.helpers import FakeClock
 
 
 @pytest.fixture
 def redis_url(topology_redis_url: str) -> str:
     """Shared state: every test here runs on standalone, Sentinel and Cluster Redis."""
     return topology_redis_url
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 5000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def capacity_settings(tmp_path: Path, redis_url: str, **capacity: Any) -> Settings:
@@ -76,7 +69,7 @@ async def aredis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
-def planner_for(settings: Settings, redis: aioredis.Redis, clock: Clock) -> CapacityPlanner:
+def planner_for(settings: Settings, redis: aioredis.Redis, clock: FakeClock) -> CapacityPlanner:
     scalers: dict[Role, Scaler] = {
         role: SimulatedScaler(getattr(settings.capacity, role).model,
                               getattr(settings.capacity, role).scaler, clock)
@@ -96,7 +89,7 @@ async def test_two_planners_only_one_acts_and_the_other_takes_over_when_it_stops
     tmp_path: Path, redis_url: str, aredis: aioredis.Redis
 ) -> None:
     settings = capacity_settings(tmp_path, redis_url)
-    clock = Clock()
+    clock = FakeClock(5000.0)
     first, second = planner_for(settings, aredis, clock), planner_for(settings, aredis, clock)
     acted: dict[str, int] = {"first": 0, "second": 0}
     for _ in range(4):
@@ -124,7 +117,7 @@ async def test_published_state_follows_the_scalers_and_the_routing_target(
     tmp_path: Path, redis_url: str, aredis: aioredis.Redis
 ) -> None:
     settings = capacity_settings(tmp_path, redis_url)
-    clock = Clock()
+    clock = FakeClock(5000.0)
     planner = planner_for(settings, aredis, clock)
     prefix = settings.redis.key_prefix
     await planner.tick()  # first sample of the log
@@ -304,7 +297,7 @@ async def test_scale_actions_are_sent_as_alerts(
 ) -> None:
     """`planner.scale`: one alert per scaler action, to a real receiver."""
     settings = capacity_settings(tmp_path, redis_url)
-    clock = Clock()
+    clock = FakeClock(5000.0)
     with Receiver() as receiver:
         alerts = AlertSender(AlertSettings.model_validate({"webhooks": [{"url": receiver.url}]}),
                              {}, aredis, None, prefix="fr:")  # fmt: skip

@@ -10,16 +10,7 @@ import aiohttp
 
 from services.capacity.scalers import ProcessScaler, ScalerStatus
 from services.config import ScalerSettings
-
-
-class Clock:
-    """The scaler's clock, moved by the test."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import FakeClock
 
 
 async def until_ready(scaler: ProcessScaler) -> ScalerStatus:
@@ -37,7 +28,7 @@ async def test_a_replica_killed_while_warming_is_replaced_after_its_backoff(
 ) -> None:
     """SIGKILL while the replica warms: it is dropped at once, a new one starts once the backoff
     has passed (not before), and the model becomes ready on it."""
-    clock = Clock()
+    clock = FakeClock(0.0)
     settings = ScalerSettings(startup_seconds=0.5, restart_backoff_seconds=5)
     async with aiohttp.ClientSession() as http:
         scaler = ProcessScaler("large-model", settings, http, log_dir=tmp_path, clock=clock)
@@ -63,7 +54,7 @@ async def test_a_replica_killed_while_warming_is_replaced_after_its_backoff(
 async def test_a_replica_that_never_starts_is_given_up_with_the_reason(tmp_path: Path) -> None:
     """A command that exits at once: replaced `max_restarts` times with doubling waits, then the
     scaler gives up and says why (what /health shows under planner.models)."""
-    clock = Clock()
+    clock = FakeClock(0.0)
     settings = ScalerSettings(command=["{python}", "-c", "raise SystemExit(3)"],
                               restart_backoff_seconds=1, max_restarts=2)  # fmt: skip
     async with aiohttp.ClientSession() as http:

@@ -9,6 +9,7 @@ from typing import ClassVar
 import pytest
 
 from services.platform.supervisor import ChildSpec, Supervisor, restart_delay
+from tests.helpers import FakeClock
 
 
 class FakeProcess:
@@ -52,14 +53,6 @@ def recording(spawned: list[FakeProcess]) -> object:
     return spawn
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_restart_delay_doubles_up_to_a_cap() -> None:
     """Backoff is 0.5 s, 1 s, 2 s ... and never more than 30 s."""
     assert [restart_delay(n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
@@ -68,7 +61,7 @@ def test_restart_delay_doubles_up_to_a_cap() -> None:
 
 def test_crashed_child_restarts_after_backoff() -> None:
     """A crash-looping child is restarted only when its growing backoff has elapsed."""
-    clock, spawned = Clock(), []
+    clock, spawned = FakeClock(), []
 
     def spawn(spec: ChildSpec) -> FakeProcess:
         spawned.append(FakeProcess())
@@ -90,7 +83,7 @@ def test_crashed_child_restarts_after_backoff() -> None:
 
 def test_a_long_healthy_run_resets_the_backoff() -> None:
     """A child that ran longer than `stable_after` before exiting restarts after the first delay."""
-    clock, spawned = Clock(), []
+    clock, spawned = FakeClock(), []
     sup = Supervisor(
         [ChildSpec("api", ["x"])],
         spawn=recording(spawned),
@@ -112,7 +105,7 @@ def test_a_long_healthy_run_resets_the_backoff() -> None:
 
 def test_stop_terms_in_reverse_order_and_kills_the_stubborn() -> None:
     """Stop sends SIGTERM to every child, newest first, and SIGKILLs one that ignores it."""
-    clock, spawned = Clock(), []
+    clock, spawned = FakeClock(), []
     sup = Supervisor(
         [ChildSpec("redis", ["r"]), ChildSpec("api", ["a"])],
         spawn=recording(spawned), clock=clock,
@@ -127,7 +120,7 @@ def test_stop_terms_in_reverse_order_and_kills_the_stubborn() -> None:
 def test_stop_last_children_are_stopped_after_the_others_exit() -> None:
     """Redis and the ledger writer outlive the API's shutdown: they get SIGTERM only once the
     API has exited (the API writes to Redis and seals WAL files on its way out)."""
-    clock, spawned = Clock(), []
+    clock, spawned = FakeClock(), []
     sup = Supervisor(
         [ChildSpec("redis", ["r"], stop_last=True), ChildSpec("api", ["a"]),
          ChildSpec("ledger-writer", ["w"], stop_last=True)],
@@ -146,7 +139,7 @@ def test_stop_last_children_are_stopped_after_the_others_exit() -> None:
 @pytest.mark.parametrize("code", [0, 1, -11])
 def test_any_exit_is_restarted(code: int) -> None:
     """Clean exits are restarted too: a supervised child is meant to run until told to stop."""
-    clock, spawned = Clock(), []
+    clock, spawned = FakeClock(), []
     sup = Supervisor(
         [ChildSpec("x", ["x"])],
         spawn=recording(spawned),

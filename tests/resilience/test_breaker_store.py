@@ -12,6 +12,7 @@ from services.platform.redis_connection import async_client, free_port
 from services.platform.redis_gate import RedisGate
 from services.resilience.breaker import CLOSED, OPEN, Admission, Outcome
 from services.resilience.breaker_store import BreakerStore
+from tests.helpers import FakeClock
 
 
 @pytest.fixture
@@ -21,14 +22,6 @@ def redis_url(topology_redis_url: str) -> str:
 
 
 POLICY = BreakerSettings(open_seconds=5, open_jitter=0, half_open_probes=2)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -45,7 +38,7 @@ def store(redis: aioredis.Redis, clock: FakeClock) -> BreakerStore:
 
 async def test_a_breaker_opened_by_one_process_rejects_in_another(client: aioredis.Redis) -> None:
     """Process A trips the breaker; B rejects after its next sync, with no call of its own failing."""
-    clock = FakeClock()
+    clock = FakeClock(1_700_000_000.0)
     a, b = store(client, clock), store(client, clock)
     for _ in range(5):
         assert await a.admit("dep") is Admission.ALLOW
@@ -59,7 +52,7 @@ async def test_a_breaker_opened_by_one_process_rejects_in_another(client: aiored
 
 async def test_half_open_permits_are_shared_between_processes(client: aioredis.Redis) -> None:
     """Two processes together get exactly half_open_probes permits, then rejections."""
-    clock = FakeClock()
+    clock = FakeClock(1_700_000_000.0)
     a, b = store(client, clock), store(client, clock)
     for _ in range(5):
         await a.record("dep", Outcome.FAILURE)
@@ -81,7 +74,7 @@ async def test_half_open_permits_are_shared_between_processes(client: aioredis.R
 
 async def test_successes_are_batched_until_sync(client: aioredis.Redis, redis_url: str) -> None:
     """Closed-state successes cost no Redis call; the next sync sends their count."""
-    clock = FakeClock()
+    clock = FakeClock(1_700_000_000.0)
     a = store(client, clock)
     for _ in range(100):
         await a.record("dep", Outcome.SUCCESS)
@@ -92,7 +85,7 @@ async def test_successes_are_batched_until_sync(client: aioredis.Redis, redis_ur
 
 async def test_a_failure_carries_the_pending_successes(client: aioredis.Redis) -> None:
     """Pending successes reach Redis with the next failure, so the rate is not overstated."""
-    clock = FakeClock()
+    clock = FakeClock(1_700_000_000.0)
     a = store(client, clock)
     for _ in range(10):
         await a.record("dep", Outcome.SUCCESS)
@@ -104,7 +97,7 @@ async def test_a_failure_carries_the_pending_successes(client: aioredis.Redis) -
 
 async def test_reset_closes_everywhere(client: aioredis.Redis) -> None:
     """A manual reset in one process closes the breaker the other one sees."""
-    clock = FakeClock()
+    clock = FakeClock(1_700_000_000.0)
     a, b = store(client, clock), store(client, clock)
     for _ in range(5):
         await a.record("dep", Outcome.FAILURE)
@@ -116,7 +109,7 @@ async def test_reset_closes_everywhere(client: aioredis.Redis) -> None:
 
 async def test_redis_down_falls_back_to_local_state() -> None:
     """With Redis unreachable the same transitions run in process, and the gate goes fail-open."""
-    clock = FakeClock()
+    clock = FakeClock(1_700_000_000.0)
     dead = async_client(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
     gate = RedisGate(dead)
     board = BreakerStore(dead, gate, {"dep": POLICY}, prefix="t:", clock=clock)
@@ -141,7 +134,7 @@ async def test_timeouts_are_counted_and_uptime_runs_while_closed(
     """Seed 004's `total_timeouts` and `uptime_seconds`: a timeout is a failure that is also
     counted as a timeout (in Redis, seen by another process, and locally when Redis is down);
     uptime grows while closed, is 0 while open, and restarts when the breaker closes again."""
-    clock = FakeClock()
+    clock = FakeClock(1_700_000_000.0)
     if shared:
         a, b = store(client, clock), store(client, clock)
     else:

@@ -14,7 +14,15 @@ from services.app import create_app
 from services.config import HealthSettings
 from services.errors import UpstreamConnectError
 from services.resilience.health_monitor import HealthMonitor
-from tests.helpers import GatewayServer, SimProcess, http, openai_model, settings_for, wait_until
+from tests.helpers import (
+    FakeClock,
+    GatewayServer,
+    SimProcess,
+    http,
+    openai_model,
+    settings_for,
+    wait_until,
+)
 
 
 class FakeProvider:
@@ -31,14 +39,6 @@ class FakeProvider:
             raise UpstreamConnectError(self.name, "connection refused")
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def monitor(provider: FakeProvider, clock: FakeClock, **settings: Any) -> HealthMonitor:
     return HealthMonitor(
         HealthSettings(**settings), {provider.name: provider},  # type: ignore[dict-item]
@@ -49,7 +49,7 @@ def monitor(provider: FakeProvider, clock: FakeClock, **settings: Any) -> Health
 async def test_unhealthy_after_consecutive_probe_failures_and_healed_by_one_success() -> None:
     """Two failed probes in a row mark it unhealthy; the next success heals it. Each flip, and
     only a flip, is told to `on_change` (what the deployment.* alerts hang on)."""
-    provider, clock = FakeProvider("d"), FakeClock()
+    provider, clock = FakeProvider("d"), FakeClock(100.0)
     health = monitor(provider, clock, unhealthy_after=2)
     flips: list[tuple[str, bool, str | None]] = []
     health.on_change = lambda *flip: flips.append(flip)
@@ -68,7 +68,7 @@ async def test_unhealthy_after_consecutive_probe_failures_and_healed_by_one_succ
 
 async def test_probes_run_when_due_on_a_jittered_interval() -> None:
     """probe_due probes only deployments whose jittered interval (+/- 20 %) has passed."""
-    provider, clock = FakeProvider("d"), FakeClock()
+    provider, clock = FakeProvider("d"), FakeClock(100.0)
     health = monitor(provider, clock, probe_interval_seconds=10)
     await health.probe_due()
     assert provider.probes == 1
@@ -83,7 +83,7 @@ async def test_probes_run_when_due_on_a_jittered_interval() -> None:
 
 def test_passive_window_reports_rates_and_percentiles() -> None:
     """Traffic outcomes feed success rate, latency percentiles and the failure streak."""
-    health = monitor(FakeProvider("d"), FakeClock(), window=10)
+    health = monitor(FakeProvider("d"), FakeClock(100.0), window=10)
     for ms in range(1, 9):
         health.observe("d", True, ms / 1000)
     health.observe("d", False, 5.0)

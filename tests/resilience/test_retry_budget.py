@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 from services.resilience.retry_budget import RetryBudget
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import FakeClock
 
 
 def test_reserve_then_ratio_of_requests_then_denied() -> None:

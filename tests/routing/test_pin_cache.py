@@ -28,18 +28,11 @@ from services.platform.redis_connection import (
 from services.platform.redis_gate import RedisGate
 from services.routing.pin_cache import PinCache, follow_invalidations
 from services.routing.sessions import SessionStore
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import FakeClock
 
 
 def test_a_read_is_trusted_for_refresh_seconds_then_read_again() -> None:
-    clock = Clock()
+    clock = FakeClock()
     cache = PinCache(60, clock=clock)
     cache.arm()
     cache.put("s", "k model-a", cache.generation)
@@ -50,7 +43,7 @@ def test_a_read_is_trusted_for_refresh_seconds_then_read_again() -> None:
 
 
 def test_an_unarmed_cache_answers_nothing_and_arming_starts_empty() -> None:
-    cache = PinCache(60, clock=Clock())
+    cache = PinCache(60, clock=FakeClock())
     cache.put("s", "k model-a", cache.generation)
     assert cache.get("s") is None, "no feed yet: nothing is stored"
     cache.arm()
@@ -63,7 +56,7 @@ def test_an_unarmed_cache_answers_nothing_and_arming_starts_empty() -> None:
 
 def test_a_read_that_raced_a_re_pin_is_not_stored() -> None:
     """GETEX sent, a re-pin's invalidation arrives, then the (old) GETEX reply: not cached."""
-    cache = PinCache(60, clock=Clock())
+    cache = PinCache(60, clock=FakeClock())
     cache.arm()
     before = cache.generation
     cache.received("s")
@@ -72,7 +65,7 @@ def test_a_read_that_raced_a_re_pin_is_not_stored() -> None:
 
 
 def test_the_oldest_entry_goes_first_when_full() -> None:
-    cache = PinCache(60, max_entries=2, clock=Clock())
+    cache = PinCache(60, max_entries=2, clock=FakeClock())
     cache.arm()
     for name in ("a", "b", "c"):
         cache.put(name, f"k {name}", cache.generation)
@@ -82,7 +75,7 @@ def test_the_oldest_entry_goes_first_when_full() -> None:
 def test_the_cache_holds_only_the_sessions_of_the_last_refresh_interval() -> None:
     """Many sessions, each read once: stale entries leave as new ones arrive (memory follows
     the sessions in use, not every session ever seen)."""
-    clock = Clock()
+    clock = FakeClock()
     cache = PinCache(60, clock=clock)
     cache.arm()
     for n in range(10_000):
